@@ -1,0 +1,71 @@
+"""Files written beside a run's checkpoints and predictions, always atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import BasePredictionWriter, Callback
+
+from cs_lightning.io import atomic_path
+
+
+def replace_dir(target: Path, fill) -> None:
+    """Build a folder with ``fill(tmp)`` and swap it in for ``target``, so readers never see half of it."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        fill(tmp)
+        old = None
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+            os.replace(target, old / target.name)
+        os.replace(tmp, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+class SaveTokenizer(Callback):
+    """Saves the model's tokenizer into ``<checkpoint dir>/tokenizer`` when fitting starts, so test, predict and
+    export read it from beside the checkpoints and never need the original source again."""
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        tokenizer = getattr(pl_module, "tokenizer", None)
+        ckpt = trainer.checkpoint_callback
+        if tokenizer is None or ckpt is None or not getattr(ckpt, "dirpath", None) or not trainer.is_global_zero:
+            return
+        replace_dir(Path(ckpt.dirpath) / "tokenizer", lambda tmp: tokenizer.save_pretrained(str(tmp)))
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Writes the predictions of ``cs-train predict`` as JSON Lines, one line per input in input order.
+
+    Args:
+        output_file: where to write; the file appears whole or not at all.
+    """
+
+    def __init__(self, output_file: str):
+        super().__init__(write_interval="epoch")
+        self.output_file = output_file
+
+    def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
+        if not trainer.is_global_zero:
+            return
+        rows = [row for batch in predictions for row in batch]
+        records = getattr(trainer.datamodule, "predict_records", lambda: [])()
+        order = {rec.id: i for i, rec in enumerate(records)}
+        texts = {rec.id: rec.text for rec in records}
+        rows.sort(key=lambda row: order.get(row["id"], len(order)))
+        with atomic_path(self.output_file) as tmp:
+            with open(tmp, "w", encoding="utf-8") as f:
+                for row in rows:
+                    if row["id"] in texts:
+                        row = {"id": row["id"], "text": texts[row["id"]], **{k: v for k, v in row.items() if k != "id"}}
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        print(f"Wrote {len(rows)} predictions to {self.output_file}")

@@ -1,0 +1,133 @@
+"""``cs-train``: LightningCLI with cs-lightning's defaults.
+
+- model and data in subclass mode (``class_path`` + ``init_args``), so a user's own classes plug in;
+- the backbone and tokenizer source go from model to data, the label set and tokenizer folder from data to model;
+- TensorBoard logs under ``logs/<experiment>/version_N/``, checkpoints in ``logs/<experiment>/checkpoints/``
+  (``best-*.ckpt`` by ``val/f1_macro`` and ``last.ckpt``), the tokenizer beside them; ``--ckpt_path best|last``
+  finds them in a new process;
+- errors in the user's input print as one line, never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar, RichProgressBar
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from cs_lightning.callbacks import PredictionWriter, SaveTokenizer
+from cs_lightning.errors import ConfigError, CSLightningError
+
+LOG_DIR = "logs"
+TENSORBOARD = "lightning.pytorch.loggers.TensorBoardLogger"
+
+
+class CSLightningCLI(LightningCLI):
+    """The cs-lightning command line: ``fit``, ``validate``, ``test`` and ``predict`` driven by YAML configs."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("subclass_mode_model", True)
+        kwargs.setdefault("subclass_mode_data", True)
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        kwargs.setdefault("trainer_defaults", {
+            "logger": {"class_path": TENSORBOARD, "init_args": {"save_dir": LOG_DIR, "default_hp_metric": False}},
+            "plugins": {"class_path": "cs_lightning.io.AtomicCheckpointIO"},
+            "log_every_n_steps": 10,
+        })
+        super().__init__(*args, **kwargs)
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument("--experiment", type=Optional[str], default=None,
+                            help="Run name: logs go to logs/<experiment>/version_N, checkpoints to "
+                                 "logs/<experiment>/checkpoints. Default: the first config file's name.")
+        parser.add_argument("--predict_output", type=Optional[str], default=None,
+                            help="JSON Lines file for `predict` (default: logs/<experiment>/predictions.jsonl).")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({
+            "checkpoint.monitor": "val/f1_macro",
+            "checkpoint.mode": "max",
+            "checkpoint.filename": "best-epoch{epoch:02d}-val_f1_macro{val/f1_macro:.4f}",
+            "checkpoint.auto_insert_metric_name": False,
+            "checkpoint.save_top_k": 1,
+            "checkpoint.save_last": True,
+        })
+        parser.link_arguments("model.init_args.backbone", "data.init_args.backbone")
+        parser.link_arguments("model.init_args.model_name_or_path", "data.init_args.tokenizer")
+        parser.link_arguments("data.label_names", "model.init_args.labels", apply_on="instantiate")
+        parser.link_arguments("data.tokenizer_path", "model.init_args.tokenizer_path", apply_on="instantiate")
+
+    # ------------------------------------------------------------------ defaults that depend on the config
+    def _experiment(self, cfg) -> str:
+        if cfg.get("experiment"):
+            return cfg.experiment
+        configs = cfg.get("config") or []
+        if configs:
+            first = configs[0]
+            name = getattr(first, "relative", None) or getattr(first, "abs_path", None) or str(first)
+            return Path(str(name)).stem
+        model = cfg.get("model") or {}
+        backbone = (model.get("init_args") or {}).get("backbone", "model") if hasattr(model, "get") else "model"
+        return f"{backbone}_run"
+
+    def before_instantiate_classes(self) -> None:
+        cfg = self.config[self.subcommand] if self.subcommand else self.config
+        experiment = self._experiment(cfg)
+        cfg.experiment = experiment
+        run_dir = Path(LOG_DIR) / experiment
+        logger = cfg.trainer.get("logger")
+        if hasattr(logger, "get") and logger.get("class_path") == TENSORBOARD:
+            init = logger.init_args
+            if init.get("name") in (None, "lightning_logs"):
+                init.name = experiment
+            run_dir = Path(init.save_dir) / init.name
+        if cfg.checkpoint.get("dirpath") is None:
+            cfg.checkpoint.dirpath = str(run_dir / "checkpoints")
+        if cfg.get("predict_output") is None:
+            cfg.predict_output = str(run_dir / "predictions.jsonl")
+        if self.subcommand and cfg.get("ckpt_path") in ("best", "last") and self.subcommand != "fit":
+            cfg.ckpt_path = self._find_checkpoint(Path(cfg.checkpoint.dirpath), cfg.ckpt_path)
+        elif self.subcommand == "fit" and cfg.get("ckpt_path") == "last":
+            if not (Path(cfg.checkpoint.dirpath) / "last.ckpt").exists():
+                raise ConfigError("ckpt_path", f"no last.ckpt in {cfg.checkpoint.dirpath} to resume from",
+                                  "train first, or give the path of a checkpoint")
+
+    @staticmethod
+    def _find_checkpoint(folder: Path, which: str) -> str:
+        pattern = "best*.ckpt" if which == "best" else "last*.ckpt"
+        found = sorted(folder.glob(pattern), key=lambda p: p.stat().st_mtime)
+        if not found:
+            raise ConfigError("ckpt_path", f"no {pattern} in {folder}",
+                              "run `cs-train fit` with this config first, or give the checkpoint's path")
+        return str(found[-1])
+
+    def instantiate_trainer(self, **kwargs):
+        cfg = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        callbacks = list(cfg.trainer.get("callbacks") or [])
+        if cfg.trainer.get("enable_progress_bar", True) is not False and not any(
+                isinstance(c, ProgressBar) for c in callbacks):
+            callbacks.append(RichProgressBar())
+        if not any(isinstance(c, SaveTokenizer) for c in callbacks):
+            callbacks.append(SaveTokenizer())
+        if cfg.trainer.get("logger") and not any(isinstance(c, LearningRateMonitor) for c in callbacks):
+            callbacks.append(LearningRateMonitor(logging_interval="step"))
+        if self.subcommand == "predict":
+            callbacks.append(PredictionWriter(cfg.predict_output))
+        cfg.trainer.callbacks = callbacks
+        return super().instantiate_trainer(**kwargs)
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of ``cs-train``."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        CSLightningCLI(args=args)
+    except CSLightningError as err:
+        print(f"cs-train: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""What every cs-lightning task model shares: the backbone from the plugin registry, its tokenizer, and the
+optimizer recipe (AdamW without decay on biases and norms, linear warm-up then linear decay)."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+
+from cs_lightning.errors import ConfigError
+from cs_lightning.pretrained import resolve_model
+from cs_lightning.registry import get_backbone
+
+
+def warmup_linear_decay(warmup_steps: int, total_steps: int):
+    """LR multiplier: 0 -> 1 over ``warmup_steps``, then 1 -> 0 at ``total_steps``."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+    return factor
+
+
+def parameter_groups(named_parameters, weight_decay: float) -> list[dict]:
+    """Two AdamW groups: matrices with ``weight_decay``, biases and norm weights (1-D) without."""
+    decay, no_decay = [], []
+    for _, param in named_parameters:
+        if param.requires_grad:
+            (no_decay if param.ndim < 2 else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class BackboneModule(pl.LightningModule):
+    """Base LightningModule: builds ``self.model`` for ``task`` through the backbone plugin and configures AdamW.
+
+    Subclasses call :meth:`build_backbone` in ``__init__`` after ``save_hyperparameters()``.
+    """
+
+    task: str = ""
+
+    def build_backbone(self, backbone: str, model_name_or_path: str | None, pretrained: bool, tokenizer_path: str | None,
+                       model_size: str, config_overrides: dict | None, **task_kwargs) -> None:
+        self.backbone = get_backbone(backbone)
+        source = resolve_model(model_name_or_path) if model_name_or_path else None
+        if tokenizer_path is None and source is None:
+            raise ConfigError("model.tokenizer_path", "no tokenizer",
+                              "set model.model_name_or_path, or let the data module train one (cs-train links it)")
+        self.tokenizer = self.backbone.load_tokenizer(tokenizer_path or source.path)
+        if pretrained:
+            rank_zero_info(f"Backbone '{backbone}': loading pretrained weights {source.describe()}")
+        else:
+            what = f"the architecture of {source.describe()}" if source else f"the '{model_size}' {backbone} config"
+            rank_zero_info(f"Backbone '{backbone}': random initialisation from {what}")
+        try:
+            self.model = self.backbone.load_model(self.task, source, pretrained, self.tokenizer, size=model_size,
+                                                  config_overrides=config_overrides, **task_kwargs)
+            self.model.train()  # from_pretrained returns eval mode; Lightning keeps whatever mode it finds
+        except OSError as err:  # the hub could not be reached or the files are incomplete
+            from cs_lightning.pretrained import not_found
+
+            raise not_found(model_name_or_path, [source.path, f"hub ({str(err).splitlines()[0][:120]})"]) from None
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        groups = parameter_groups(self.named_parameters(), hp.weight_decay)
+        groups = [g for g in groups if g["params"]]
+        on_gpu = all(p.is_cuda for g in groups for p in g["params"])
+        clipping = bool(self.trainer.gradient_clip_val) if self._trainer is not None else False
+        # fused AdamW is fastest on GPU, but Lightning's mixed-precision plugin refuses clipping with it
+        impl = {"fused": True} if on_gpu and not clipping else {"foreach": True}
+        optimizer = torch.optim.AdamW(groups, lr=hp.learning_rate, betas=(0.9, 0.999), eps=1e-8, **impl)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = int(total * hp.warmup_ratio)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_linear_decay(warmup, total))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    @staticmethod
+    def model_inputs(batch: dict) -> dict:
+        return {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}

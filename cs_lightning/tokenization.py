@@ -1,0 +1,121 @@
+"""Tokenizers trained on the user's own texts, for runs without a pretrained tokenizer (from-scratch models,
+Chinese data with no Chinese vocabulary at hand).
+
+A trained tokenizer is cached under a hash of everything that determines it (kind, size, settings, the texts), so
+every rank of a distributed run and every later run gets the same files; it is built in a temporary folder under a
+file lock and renamed into place, so a crash never leaves half a tokenizer that looks valid.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from filelock import FileLock
+
+KINDS = ("wordpiece", "bpe", "unigram")
+_VERSION = "1"  # bump when the recipe below changes, so caches are rebuilt
+_CJK = r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3000-\u303f\uff00-\uffef]"
+
+
+def cache_root() -> Path:
+    """``$CS_LIGHTNING_CACHE``, else ``~/.cache/cs_lightning``."""
+    return Path(os.environ.get("CS_LIGHTNING_CACHE", Path.home() / ".cache" / "cs_lightning"))
+
+
+def content_key(*parts) -> str:
+    """A short stable hash of JSON-serialisable parts (texts, settings)."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(json.dumps(part, ensure_ascii=False, sort_keys=True).encode("utf-8"))
+        digest.update(b"\x00")
+    return digest.hexdigest()[:20]
+
+
+def atomic_build_dir(target: Path, build) -> Path:
+    """Create folder ``target`` by calling ``build(tmp_dir)`` under a file lock, then renaming; no-op if it exists."""
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if target.exists():
+            return target
+        tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp", dir=target.parent))
+        try:
+            build(tmp)
+            os.replace(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _build(kind: str, texts: Sequence[str], vocab_size: int, lowercase: bool):
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    cjk = pre_tokenizers.Split(Regex(_CJK), behavior="isolated")  # one token per Chinese character at least
+    if kind == "wordpiece":
+        specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase, handle_chinese_chars=True, strip_accents=None)
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials, min_frequency=1)
+        tok.train_from_iterator(texts, trainer, length=len(texts))
+        cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+        tok.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+        tok.decoder = decoders.WordPiece()
+        kwargs = dict(unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    elif kind == "bpe":
+        specials = ["<|endoftext|>", "<pad>"]
+        tok = Tokenizer(models.BPE())
+        tok.normalizer = normalizers.Sequence([normalizers.NFKC()] + ([normalizers.Lowercase()] if lowercase else []))
+        tok.pre_tokenizer = pre_tokenizers.Sequence([cjk, pre_tokenizers.ByteLevel(add_prefix_space=False)])
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        tok.train_from_iterator(texts, trainer, length=len(texts))
+        tok.decoder = decoders.ByteLevel()
+        kwargs = dict(bos_token="<|endoftext|>", eos_token="<|endoftext|>", unk_token="<|endoftext|>", pad_token="<pad>")
+    elif kind == "unigram":
+        specials = ["<pad>", "</s>", "<unk>"]
+        tok = Tokenizer(models.Unigram())
+        tok.normalizer = normalizers.Sequence([normalizers.NFKC()] + ([normalizers.Lowercase()] if lowercase else []))
+        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Metaspace(prepend_scheme="first"), cjk])
+        trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=specials, unk_token="<unk>")
+        tok.train_from_iterator(texts, trainer, length=len(texts))
+        eos = tok.token_to_id("</s>")
+        tok.post_processor = processors.TemplateProcessing(
+            single="$A </s>", pair="$A </s> $B:1 </s>:1", special_tokens=[("</s>", eos)])
+        tok.decoder = decoders.Metaspace()
+        kwargs = dict(eos_token="</s>", unk_token="<unk>", pad_token="<pad>")
+    else:
+        raise ValueError(f"unknown tokenizer kind {kind!r}; choose one of {KINDS}")
+    return tok, kwargs
+
+
+def train_tokenizer(texts: Iterable[str], kind: str, vocab_size: int = 8000, lowercase: bool = True,
+                    cache_dir: str | Path | None = None) -> Path:
+    """Train (or find in the cache) a tokenizer on ``texts`` and return the folder holding its files.
+
+    Args:
+        texts: the training texts (each once is enough; order matters for the cache key only).
+        kind: ``wordpiece`` (BERT), ``bpe`` (byte-level, GPT) or ``unigram`` (T5).
+        vocab_size: the largest vocabulary to learn; small corpora give fewer tokens.
+        lowercase: fold case before tokenizing.
+        cache_dir: where cached tokenizers live (default: :func:`cache_root` / tokenizers).
+    """
+    texts = list(texts)
+    key = content_key(_VERSION, kind, vocab_size, lowercase, texts)
+    target = Path(cache_dir or cache_root() / "tokenizers") / f"{kind}-{key}"
+
+    def build(tmp: Path) -> None:
+        from transformers import PreTrainedTokenizerFast
+
+        tok, kwargs = _build(kind, texts, vocab_size, lowercase)
+        PreTrainedTokenizerFast(tokenizer_object=tok, **kwargs).save_pretrained(str(tmp))
+
+    return atomic_build_dir(target, build)
