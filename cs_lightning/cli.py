@@ -15,11 +15,11 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar, RichProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from cs_lightning.callbacks import PredictionWriter, SaveTokenizer
-from cs_lightning.errors import ConfigError, CSLightningError
+from cs_lightning.callbacks import BestAndLastCheckpoint, PredictionWriter, SaveTokenizer
+from cs_lightning.errors import ConfigError, user_error
 
 LOG_DIR = "logs"
 TENSORBOARD = "lightning.pytorch.loggers.TensorBoardLogger"
@@ -45,7 +45,7 @@ class CSLightningCLI(LightningCLI):
                                  "logs/<experiment>/checkpoints. Default: the first config file's name.")
         parser.add_argument("--predict_output", type=Optional[str], default=None,
                             help="JSON Lines file for `predict` (default: logs/<experiment>/predictions.jsonl).")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(BestAndLastCheckpoint, "checkpoint")
         parser.set_defaults({
             "checkpoint.monitor": "val/f1_macro",
             "checkpoint.mode": "max",
@@ -124,7 +124,10 @@ def main(args: list[str] | None = None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         CSLightningCLI(args=args)
-    except CSLightningError as err:
+    except Exception as exc:
+        err = user_error(exc)
+        if err is None:
+            raise
         print(f"cs-train: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
 

@@ -3,8 +3,28 @@
 from __future__ import annotations
 
 
+_last: list["CSLightningError"] = []
+
+
 class CSLightningError(Exception):
     """An error caused by the user's input or set-up, printed by the CLI as one line without a traceback."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        _last[:] = [self]  # jsonargparse re-wraps errors raised while it instantiates classes; see user_error()
+
+
+def user_error(exc: BaseException) -> "CSLightningError | None":
+    """The :class:`CSLightningError` behind ``exc``: itself, one in its cause chain, or the last one raised when
+    ``exc`` quotes it (jsonargparse turns errors raised in ``__init__`` into a ValueError with their text)."""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, CSLightningError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    if _last and str(_last[0]) in str(exc):
+        return _last[0]
+    return None
 
 
 class DataError(CSLightningError, ValueError):

@@ -19,7 +19,7 @@ from typing import Iterable, Sequence
 from filelock import FileLock
 
 KINDS = ("wordpiece", "bpe", "unigram")
-_VERSION = "1"  # bump when the recipe below changes, so caches are rebuilt
+_VERSION = "2"  # bump when the recipe below changes, so caches are rebuilt
 _CJK = r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3000-\u303f\uff00-\uffef]"
 
 
@@ -69,7 +69,8 @@ def _build(kind: str, texts: Sequence[str], vocab_size: int, lowercase: bool):
         tok.post_processor = processors.TemplateProcessing(
             single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
         tok.decoder = decoders.WordPiece()
-        kwargs = dict(unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+        kwargs = dict(unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
+                      model_input_names=["input_ids", "token_type_ids", "attention_mask"])
     elif kind == "bpe":
         specials = ["<|endoftext|>", "<pad>"]
         tok = Tokenizer(models.BPE())
@@ -116,6 +117,7 @@ def train_tokenizer(texts: Iterable[str], kind: str, vocab_size: int = 8000, low
         from transformers import PreTrainedTokenizerFast
 
         tok, kwargs = _build(kind, texts, vocab_size, lowercase)
+        kwargs.setdefault("model_input_names", ["input_ids", "attention_mask"])
         PreTrainedTokenizerFast(tokenizer_object=tok, **kwargs).save_pretrained(str(tmp))
 
     return atomic_build_dir(target, build)

@@ -1,5 +1,6 @@
-"""Callbacks: artifacts written beside checkpoints (tokenizer, predictions)."""
+"""Callbacks: checkpointing, artifacts written beside checkpoints (tokenizer, predictions)."""
 
 from cs_lightning.callbacks.artifacts import PredictionWriter, SaveTokenizer
+from cs_lightning.callbacks.checkpoint import BestAndLastCheckpoint
 
-__all__ = ["PredictionWriter", "SaveTokenizer"]
+__all__ = ["BestAndLastCheckpoint", "PredictionWriter", "SaveTokenizer"]

@@ -159,7 +159,7 @@ class IntentDataModule(pl.LightningDataModule):
         if split not in self.datasets:
             raise ConfigError(f"data.{split}_file", f"no {split} data", f"set data.{split}_file")
         dataset = self.datasets[split]
-        trainer = self._trainer if hasattr(self, "_trainer") else None
+        trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         batch_size = self.hparams.batch_size if shuffle else (self.hparams.eval_batch_size or 2 * self.hparams.batch_size)
         sampler = LengthGroupedBatchSampler(dataset.lengths, batch_size, shuffle=shuffle,

@@ -8,7 +8,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from cs_lightning.errors import ConfigError
-from cs_lightning.pretrained import resolve_model
+from cs_lightning.pretrained import not_found, resolve_model
 from cs_lightning.registry import get_backbone
 
 
@@ -58,8 +58,6 @@ class BackboneModule(pl.LightningModule):
                                                   config_overrides=config_overrides, **task_kwargs)
             self.model.train()  # from_pretrained returns eval mode; Lightning keeps whatever mode it finds
         except OSError as err:  # the hub could not be reached or the files are incomplete
-            from cs_lightning.pretrained import not_found
-
             raise not_found(model_name_or_path, [source.path, f"hub ({str(err).splitlines()[0][:120]})"]) from None
 
     def configure_optimizers(self):

@@ -1,0 +1,91 @@
+"""Length-grouped batches, dynamic padding and the token cache."""
+
+import torch
+
+from conftest import tiny_intent_files
+from cs_lightning.data import IntentDataModule
+from cs_lightning.data.batching import LengthGroupedBatchSampler, PadCollator
+from cs_lightning.data.datamodule import stratified_split
+from cs_lightning.data.encoding import cached_encode, encode_records
+from cs_lightning.data.schema import IntentRecord, Turn
+
+LENGTHS = [((i * 37) % 23) + 1 for i in range(103)]
+
+
+def test_every_sample_once_per_epoch_and_reproducible():
+    sampler = LengthGroupedBatchSampler(LENGTHS, batch_size=8, seed=3, mega_batch=4)
+    epoch0 = list(sampler)
+    assert sorted(i for b in epoch0 for i in b) == list(range(103))
+    assert len(epoch0) == len(sampler) == 13
+    assert list(sampler) == epoch0
+    sampler.set_epoch(1)
+    assert list(sampler) != epoch0
+
+
+def test_grouping_cuts_padding():
+    def padding(batches):
+        return sum(max(LENGTHS[i] for i in b) * len(b) - sum(LENGTHS[i] for i in b) for b in batches)
+
+    grouped = list(LengthGroupedBatchSampler(LENGTHS, 8, seed=0, mega_batch=50))
+    plain = list(LengthGroupedBatchSampler(LENGTHS, 8, seed=0, group_by_length=False))
+    assert padding(grouped) < padding(plain) / 3
+
+
+def test_eval_order_is_sorted_and_complete():
+    batches = list(LengthGroupedBatchSampler(LENGTHS, 10, shuffle=False))
+    flat = [i for b in batches for i in b]
+    assert sorted(flat) == list(range(103))
+    assert [LENGTHS[i] for i in flat] == sorted(LENGTHS, reverse=True)
+
+
+def test_ranks_share_global_batches():
+    ranks = [list(LengthGroupedBatchSampler(LENGTHS, 5, seed=1, num_replicas=2, rank=r)) for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1])
+    covered = {i for batches in ranks for b in batches for i in b}
+    assert covered == set(range(103))
+    for b0, b1 in zip(*ranks):
+        assert len(b0) == len(b1) and not set(b0) & set(b1) or len(b0) < 5
+
+
+def test_collator_pads_dynamically():
+    collate = PadCollator(pad_token_id=0, pad_to_multiple_of=8)
+    batch = collate([{"input_ids": torch.tensor([5, 6, 7]), "id": "a", "labels": torch.tensor(1)},
+                     {"input_ids": torch.tensor([5]), "id": "b", "labels": torch.tensor(0)}])
+    assert batch["input_ids"].shape == (2, 8)
+    assert batch["attention_mask"].sum(1).tolist() == [3, 1]
+    assert batch["ids"] == ["a", "b"] and batch["labels"].tolist() == [1, 0]
+
+
+def test_history_is_truncated_from_the_oldest_turn(tmp_path):
+    dm = IntentDataModule(train_file=str(tiny_intent_files(tmp_path)["train"]), backbone="bert")
+    tok = dm.tokenizer
+    old = " ".join(["refund"] * 30)
+    rec = IntentRecord("x", "where is my parcel", "delivery",
+                       (Turn("user", old), Turn("agent", "which order"), Turn("user", "the lost one")))
+    ids = encode_records(tok, [rec], max_length=16, max_history_turns=4)
+    tokens = tok.convert_ids_to_tokens(ids["input_ids"].tolist())
+    assert len(tokens) == 16
+    text = tok.convert_tokens_to_string(tokens)
+    assert "where is my parcel" in text and text.rstrip().endswith("the lost one [SEP]")  # newest turns kept
+    assert "token_type_ids" in ids
+    alone = encode_records(tok, [IntentRecord("y", " ".join(["parcel"] * 40), "delivery", rec.history)], 16, 4)
+    assert len(alone["input_ids"]) == 16  # a message longer than the window keeps the message, never crashes
+
+
+def test_token_cache_is_reused(tmp_path, monkeypatch):
+    dm = IntentDataModule(train_file=str(tiny_intent_files(tmp_path)["train"]), backbone="bert")
+    records = dm.records["train"]
+    first = cached_encode(dm.tokenizer, records, 32, 4)
+    import cs_lightning.data.encoding as encoding
+
+    monkeypatch.setattr(encoding, "encode_records", lambda *a, **k: (_ for _ in ()).throw(AssertionError("re-encoded")))
+    second = cached_encode(dm.tokenizer, records, 32, 4)
+    assert torch.equal(first["input_ids"], second["input_ids"])
+
+
+def test_stratified_split_is_reproducible_and_keeps_every_label():
+    records = [IntentRecord(str(i), f"t{i}", "ab"[i % 2] if i < 40 else "c") for i in range(41)]
+    keep, carved = stratified_split(records, 0.1, seed=1)
+    assert len(keep) + len(carved) == 41
+    assert {r.label for r in carved} == {"a", "b"}  # 'c' has one example and stays in train
+    assert [r.id for r in stratified_split(records, 0.1, seed=1)[1]] == [r.id for r in carved]

