@@ -3,13 +3,15 @@
 - model and data in subclass mode (``class_path`` + ``init_args``), so a user's own classes plug in;
 - the backbone and tokenizer source go from model to data, the label set and tokenizer folder from data to model;
 - TensorBoard logs under ``logs/<experiment>/version_N/``, checkpoints in ``logs/<experiment>/checkpoints/``
-  (``best-*.ckpt`` by ``val/f1_macro`` and ``last.ckpt``), the tokenizer beside them; ``--ckpt_path best|last``
-  finds them in a new process;
+  (``best-*.ckpt`` by ``val/f1_macro`` for intents or ``val/loss`` for replies, and ``last.ckpt``), the tokenizer,
+  model config and business rules beside them; ``--ckpt_path best|last`` finds them in a new process;
+- the data module's task follows the model class (``IntentClassifier``: intent, ``ReplyGenerator``: reply);
 - errors in the user's input print as one line, never a traceback.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from pathlib import Path
@@ -18,7 +20,7 @@ from typing import Optional
 from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from cs_lightning.callbacks import BestAndLastCheckpoint, PredictionWriter, SaveTokenizer
+from cs_lightning.callbacks import BestAndLastCheckpoint, PredictionWriter, SaveArtifacts
 from cs_lightning.errors import ConfigError, user_error
 
 LOG_DIR = "logs"
@@ -46,18 +48,15 @@ class CSLightningCLI(LightningCLI):
         parser.add_argument("--predict_output", type=Optional[str], default=None,
                             help="JSON Lines file for `predict` (default: logs/<experiment>/predictions.jsonl).")
         parser.add_lightning_class_args(BestAndLastCheckpoint, "checkpoint")
-        parser.set_defaults({
-            "checkpoint.monitor": "val/f1_macro",
-            "checkpoint.mode": "max",
-            "checkpoint.filename": "best-epoch{epoch:02d}-val_f1_macro{val/f1_macro:.4f}",
-            "checkpoint.auto_insert_metric_name": False,
-            "checkpoint.save_top_k": 1,
-            "checkpoint.save_last": True,
-        })
+        # monitor, mode and filename default by task (intent: val/f1_macro, max; reply: val/loss, min)
+        parser.set_defaults({"checkpoint.auto_insert_metric_name": False, "checkpoint.save_top_k": 1,
+                             "checkpoint.save_last": True})
         parser.link_arguments("model.init_args.backbone", "data.init_args.backbone")
         parser.link_arguments("model.init_args.model_name_or_path", "data.init_args.tokenizer")
+        parser.link_arguments("data.init_args.language", "model.init_args.language")
         parser.link_arguments("data.label_names", "model.init_args.labels", apply_on="instantiate")
         parser.link_arguments("data.tokenizer_path", "model.init_args.tokenizer_path", apply_on="instantiate")
+        parser.link_arguments("data.rules_path", "model.init_args.rules_path", apply_on="instantiate")
 
     # ------------------------------------------------------------------ defaults that depend on the config
     def _experiment(self, cfg) -> str:
@@ -72,8 +71,30 @@ class CSLightningCLI(LightningCLI):
         backbone = (model.get("init_args") or {}).get("backbone", "model") if hasattr(model, "get") else "model"
         return f"{backbone}_run"
 
+    @staticmethod
+    def _task_of(cfg) -> str | None:
+        """The task of the configured model class (``intent``, ``reply``), None for other modules."""
+        try:
+            module, _, name = cfg.model.class_path.rpartition(".")
+            return getattr(getattr(importlib.import_module(module), name), "task", None)
+        except (AttributeError, ImportError, ValueError):
+            return None
+
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
+        task = self._task_of(cfg)
+        data_args = cfg.data.get("init_args") if hasattr(cfg.data, "get") else None
+        if task and data_args is not None and "task" in data_args:
+            if data_args.task is None:
+                data_args.task = task
+            elif data_args.task != task:
+                raise ConfigError("data.task", f"'{data_args.task}' does not match the model's task '{task}'",
+                                  f"set data.init_args.task: {task}, or use the model class for '{data_args.task}'")
+        ckpt = cfg.checkpoint
+        if ckpt.get("monitor") is None:
+            ckpt.monitor, ckpt.mode = ("val/loss", "min") if task == "reply" else ("val/f1_macro", "max")
+        if ckpt.get("filename") is None:
+            ckpt.filename = f"best-epoch{{epoch:02d}}-{ckpt.monitor.replace('/', '_')}{{{ckpt.monitor}:.4f}}"
         experiment = self._experiment(cfg)
         cfg.experiment = experiment
         run_dir = Path(LOG_DIR) / experiment
@@ -109,8 +130,8 @@ class CSLightningCLI(LightningCLI):
         if cfg.trainer.get("enable_progress_bar", True) is not False and not any(
                 isinstance(c, ProgressBar) for c in callbacks):
             callbacks.append(RichProgressBar())
-        if not any(isinstance(c, SaveTokenizer) for c in callbacks):
-            callbacks.append(SaveTokenizer())
+        if not any(isinstance(c, SaveArtifacts) for c in callbacks):
+            callbacks.append(SaveArtifacts())
         if cfg.trainer.get("logger") and not any(isinstance(c, LearningRateMonitor) for c in callbacks):
             callbacks.append(LearningRateMonitor(logging_interval="step"))
         if self.subcommand == "predict":

@@ -121,3 +121,32 @@ def train_tokenizer(texts: Iterable[str], kind: str, vocab_size: int = 8000, low
         PreTrainedTokenizerFast(tokenizer_object=tok, **kwargs).save_pretrained(str(tmp))
 
     return atomic_build_dir(target, build)
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A hash of what decides the token ids: the tokenizer's vocabulary, rules and special tokens."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        spec = json.loads(backend.to_str())
+        spec.pop("truncation", None)
+        spec.pop("padding", None)
+        text = json.dumps(spec, sort_keys=True, ensure_ascii=False)
+    else:  # a slow tokenizer: its vocabulary is the best we have
+        text = json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False)
+    return hashlib.sha256((type(tokenizer).__name__ + text).encode("utf-8")).hexdigest()[:20]
+
+
+def add_marker_tokens(path: str, markers: Sequence[str], load) -> str:
+    """The tokenizer at ``path`` with ``markers`` as special tokens: ``path`` itself when it has them, else a
+    cached copy (content-hash key, built under a lock and renamed into place). ``load`` loads a tokenizer."""
+    tokenizer = load(path)
+    vocab = tokenizer.get_vocab()
+    if all(m in vocab for m in markers):
+        return path
+    target = cache_root() / "tokenizers" / f"markers-{content_key(tokenizer_fingerprint(tokenizer), list(markers))}"
+
+    def build(tmp: Path) -> None:
+        tokenizer.add_special_tokens({"additional_special_tokens": list(markers)})
+        tokenizer.save_pretrained(str(tmp))
+
+    return str(atomic_build_dir(target, build))

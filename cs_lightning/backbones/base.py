@@ -14,7 +14,9 @@ A plugin is a :class:`Backbone` subclass registered under the entry-point group 
 - optionally ``prepare_tokenizer`` / ``prepare_config`` to fix the family's quirks (GPT-2 has no pad token).
 
 Tasks: ``intent`` builds a sequence classifier (``AutoModelForSequenceClassification``), which exports to a plain
-``text-classification`` pipeline. Families list the tasks they support in ``supported_tasks``.
+``text-classification`` pipeline; ``reply`` builds a generator, a causal LM (``reply_kind = "causal"``, GPT) or a
+sequence-to-sequence model (``reply_kind = "seq2seq"``, T5). Families list the tasks they support in
+``supported_tasks``.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from cs_lightning.pretrained import ModelSource, read_model_type
 
 log = logging.getLogger(__name__)
 
-TASKS = ("intent",)
+TASKS = ("intent", "reply")
 
 
 class LayerGroup(NamedTuple):
@@ -44,6 +46,7 @@ class Backbone:
 
     name: ClassVar[str] = ""
     supported_tasks: ClassVar[tuple[str, ...]] = ("intent",)
+    reply_kind: ClassVar[str | None] = None  # "causal" or "seq2seq" for families that generate replies
     model_types: ClassVar[tuple[str, ...]] = ()
     tokenizer_kind: ClassVar[str] = "wordpiece"
     config_class: ClassVar[type | None] = None
@@ -91,6 +94,8 @@ class Backbone:
                                   f"choose one of {', '.join(self.sizes)}")
             config = self.config_class(**{**self.sizes[size], **task_kwargs})
             config.vocab_size = len(tokenizer)
+            for attr in ("pad_token_id", "eos_token_id", "bos_token_id"):  # the family defaults fit another vocab
+                setattr(config, attr, getattr(tokenizer, attr, None))
         for key, value in overrides.items():
             if not hasattr(config, key):
                 raise ConfigError(f"model.config_overrides.{key}", f"{type(config).__name__} has no such setting",
@@ -120,7 +125,7 @@ class Backbone:
             size: architecture when there is no ``source``.
             config_overrides: config attributes to change (dropout, number of layers...).
         """
-        from transformers import AutoModelForSequenceClassification
+        import transformers
 
         if task not in self.supported_tasks:
             raise ConfigError("model.backbone", f"backbone '{self.name}' does not support task '{task}'",
@@ -137,10 +142,10 @@ class Backbone:
             task_kwargs = dict(num_labels=len(labels), id2label=dict(enumerate(labels)),
                                label2id={name: i for i, name in enumerate(labels)})
         config = self.build_config(source, size, config_overrides, tokenizer, **task_kwargs)
-        if pretrained:
-            model = AutoModelForSequenceClassification.from_pretrained(source.path, config=config)
-        else:
-            model = AutoModelForSequenceClassification.from_config(config)
+        auto = {"intent": "AutoModelForSequenceClassification", "causal": "AutoModelForCausalLM",
+                "seq2seq": "AutoModelForSeq2SeqLM"}[task if task == "intent" else self.reply_kind]
+        auto = getattr(transformers, auto)
+        model = auto.from_pretrained(source.path, config=config) if pretrained else auto.from_config(config)
         if model.get_input_embeddings().num_embeddings < len(tokenizer):
             model.resize_token_embeddings(len(tokenizer))
         return model

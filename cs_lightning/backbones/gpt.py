@@ -12,6 +12,8 @@ class GPTBackbone(Backbone):
 
     name = "gpt"
     model_types = ("gpt2",)
+    supported_tasks = ("intent", "reply")
+    reply_kind = "causal"
     tokenizer_kind = "bpe"
     config_class = GPT2Config
     sizes = {

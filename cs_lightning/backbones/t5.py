@@ -12,6 +12,8 @@ class T5Backbone(Backbone):
 
     name = "t5"
     model_types = ("t5", "mt5")
+    supported_tasks = ("intent", "reply")
+    reply_kind = "seq2seq"
     tokenizer_kind = "unigram"
     config_class = T5Config
     sizes = {

@@ -31,16 +31,27 @@ def replace_dir(target: Path, fill) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-class SaveTokenizer(Callback):
-    """Saves the model's tokenizer into ``<checkpoint dir>/tokenizer`` when fitting starts, so test, predict and
-    export read it from beside the checkpoints and never need the original source again."""
+class SaveArtifacts(Callback):
+    """When fitting starts, saves beside the checkpoints what reading them needs: the tokenizer
+    (``tokenizer/``), the Hugging Face model config (``config.json``) and the business rules (``rules.yaml``), so
+    test, predict, chat and export never need the original sources again."""
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        tokenizer = getattr(pl_module, "tokenizer", None)
         ckpt = trainer.checkpoint_callback
-        if tokenizer is None or ckpt is None or not getattr(ckpt, "dirpath", None) or not trainer.is_global_zero:
+        if ckpt is None or not getattr(ckpt, "dirpath", None) or not trainer.is_global_zero:
             return
-        replace_dir(Path(ckpt.dirpath) / "tokenizer", lambda tmp: tokenizer.save_pretrained(str(tmp)))
+        folder = Path(ckpt.dirpath)
+        tokenizer = getattr(pl_module, "tokenizer", None)
+        if tokenizer is not None:
+            replace_dir(folder / "tokenizer", lambda tmp: tokenizer.save_pretrained(str(tmp)))
+        model = getattr(pl_module, "model", None)
+        if hasattr(model, "config") and hasattr(model.config, "to_json_string"):
+            with atomic_path(folder / "config.json") as tmp:
+                tmp.write_text(model.config.to_json_string(), encoding="utf-8")
+        rules = getattr(getattr(pl_module, "rules", None), "source", "")
+        if rules and Path(rules).exists():
+            with atomic_path(folder / "rules.yaml") as tmp:
+                shutil.copyfile(rules, tmp)
 
 
 class PredictionWriter(BasePredictionWriter):
@@ -60,7 +71,7 @@ class PredictionWriter(BasePredictionWriter):
         rows = [row for batch in predictions for row in batch]
         records = getattr(trainer.datamodule, "predict_records", lambda: [])()
         order = {rec.id: i for i, rec in enumerate(records)}
-        texts = {rec.id: rec.text for rec in records}
+        texts = {rec.id: rec.text for rec in records if hasattr(rec, "text")}
         rows.sort(key=lambda row: order.get(row["id"], len(order)))
         with atomic_path(self.output_file) as tmp:
             with open(tmp, "w", encoding="utf-8") as f:

@@ -10,27 +10,60 @@ from torch.utils.data import Dataset, Sampler
 
 
 class TokenizedDataset(Dataset):
-    """Token ids of one split, stored flat (one int32 tensor plus offsets), with labels and record ids."""
+    """Token ids of one split, stored flat (one int32 tensor plus offsets), with labels and record ids.
 
-    def __init__(self, encoded: dict, labels: Sequence[int] | None, ids: Sequence[str]):
-        self.ids_flat: torch.Tensor = encoded["input_ids"]
+    Reply data adds ``target_ids``/``target_offsets`` (the reply, for sequence-to-sequence models) and
+    ``prompt_lengths`` (for causal models, where the input is prompt + reply), and per-item ``extras`` (reference
+    text, context turns) that generation and evaluation read.
+    """
+
+    def __init__(self, encoded: dict, labels: Sequence[int] | None, ids: Sequence[str],
+                 extras: Sequence[dict] | None = None):
+        self.encoded = encoded
         self.offsets: torch.Tensor = encoded["offsets"]
-        self.types_flat: torch.Tensor | None = encoded.get("token_type_ids")
         self.labels = None if labels is None else torch.as_tensor(labels, dtype=torch.long)
         self.record_ids = list(ids)
+        self.extras = list(extras) if extras is not None else None
         self.lengths = (self.offsets[1:] - self.offsets[:-1]).tolist()
 
     def __len__(self) -> int:
         return len(self.lengths)
 
+    @staticmethod
+    def _slice(flat: torch.Tensor, offsets: torch.Tensor, i: int) -> torch.Tensor:
+        return flat[int(offsets[i]):int(offsets[i + 1])]
+
     def __getitem__(self, i: int) -> dict:
-        start, end = int(self.offsets[i]), int(self.offsets[i + 1])
-        item = {"input_ids": self.ids_flat[start:end], "id": self.record_ids[i]}
-        if self.types_flat is not None:
-            item["token_type_ids"] = self.types_flat[start:end]
+        enc = self.encoded
+        item = {"input_ids": self._slice(enc["input_ids"], self.offsets, i), "id": self.record_ids[i]}
+        if "token_type_ids" in enc:
+            item["token_type_ids"] = self._slice(enc["token_type_ids"], self.offsets, i)
+        if "target_ids" in enc:
+            item["target_ids"] = self._slice(enc["target_ids"], enc["target_offsets"], i)
+        if "prompt_lengths" in enc:
+            item["prompt_length"] = int(enc["prompt_lengths"][i])
         if self.labels is not None:
             item["labels"] = self.labels[i]
+        if self.extras is not None:
+            item.update(self.extras[i])
         return item
+
+    def subset(self, indices: Sequence[int]) -> "TokenizedDataset":
+        """A dataset of the chosen items (for generating on a bounded sample)."""
+        enc = {}
+        for key, offsets_key in (("input_ids", "offsets"), ("token_type_ids", "offsets"),
+                                 ("target_ids", "target_offsets")):
+            if key not in self.encoded:
+                continue
+            parts = [self._slice(self.encoded[key], self.encoded[offsets_key], i) for i in indices]
+            enc[key] = torch.cat(parts) if parts else self.encoded[key][:0]
+            lengths = torch.tensor([len(p) for p in parts], dtype=torch.long)
+            enc[offsets_key] = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
+        if "prompt_lengths" in self.encoded:
+            enc["prompt_lengths"] = self.encoded["prompt_lengths"][list(indices)]
+        labels = None if self.labels is None else self.labels[list(indices)]
+        extras = None if self.extras is None else [self.extras[i] for i in indices]
+        return TokenizedDataset(enc, labels, [self.record_ids[i] for i in indices], extras)
 
 
 class LengthGroupedBatchSampler(Sampler[list[int]]):
@@ -103,6 +136,23 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         return n // size if self.drop_last else math.ceil(n / size)
 
 
+def pad(rows: Sequence[torch.Tensor], value: int, multiple: int | None = None, left: bool = False):
+    """Stack 1-D tensors into a 2-D batch padded with ``value`` (on the left for decoder-only generation), and the
+    matching attention mask."""
+    longest = max((len(r) for r in rows), default=0)
+    if multiple:
+        longest = math.ceil(longest / multiple) * multiple
+    out = torch.full((len(rows), longest), value, dtype=torch.long)
+    mask = torch.zeros((len(rows), longest), dtype=torch.long)
+    for i, row in enumerate(rows):
+        n = len(row)
+        if n:
+            sl = slice(longest - n, longest) if left else slice(0, n)
+            out[i, sl] = row
+            mask[i, sl] = 1
+    return out, mask
+
+
 class PadCollator:
     """Pads a list of samples to the longest one (rounded up to ``pad_to_multiple_of``) and builds the mask.
 
@@ -115,22 +165,52 @@ class PadCollator:
         self.pad_token_id, self.pad_to_multiple_of = pad_token_id, pad_to_multiple_of
 
     def __call__(self, samples: list[dict]) -> dict:
-        longest = max(len(s["input_ids"]) for s in samples)
-        if self.pad_to_multiple_of:
-            longest = math.ceil(longest / self.pad_to_multiple_of) * self.pad_to_multiple_of
-        input_ids = torch.full((len(samples), longest), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(samples), longest), dtype=torch.long)
-        has_types = "token_type_ids" in samples[0]
-        token_type_ids = torch.zeros((len(samples), longest), dtype=torch.long) if has_types else None
-        for row, sample in enumerate(samples):
-            n = len(sample["input_ids"])
-            input_ids[row, :n] = sample["input_ids"]
-            attention_mask[row, :n] = 1
-            if has_types:
-                token_type_ids[row, :n] = sample["token_type_ids"]
+        input_ids, attention_mask = pad([s["input_ids"] for s in samples], self.pad_token_id, self.pad_to_multiple_of)
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "ids": [s["id"] for s in samples]}
-        if has_types:
-            batch["token_type_ids"] = token_type_ids
+        if "token_type_ids" in samples[0]:
+            batch["token_type_ids"] = pad([s["token_type_ids"] for s in samples], 0, self.pad_to_multiple_of)[0]
         if "labels" in samples[0]:
             batch["labels"] = torch.stack([s["labels"] for s in samples])
+        return batch
+
+
+class ReplyCollator:
+    """Batches of reply examples, for training (loss on the reply tokens only) or for generation.
+
+    Causal models train on ``prompt + reply`` with the prompt's labels set to -100, and generate from the prompt
+    alone, padded on the left. Sequence-to-sequence models read the context and learn the reply as labels.
+
+    Args:
+        pad_token_id: id used for padding.
+        kind: ``causal`` or ``seq2seq``.
+        generation: batch prompts for ``generate`` (with references and contexts) instead of training pairs.
+        pad_to_multiple_of: round padded lengths up to a multiple of this.
+    """
+
+    IGNORE = -100
+
+    def __init__(self, pad_token_id: int, kind: str, generation: bool = False, pad_to_multiple_of: int | None = None):
+        self.pad_token_id, self.kind, self.generation = pad_token_id, kind, generation
+        self.multiple = pad_to_multiple_of
+
+    def __call__(self, samples: list[dict]) -> dict:
+        batch = {"ids": [s["id"] for s in samples]}
+        causal = self.kind == "causal"
+        if self.generation:
+            prompts = [s["input_ids"][: s["prompt_length"]] if causal else s["input_ids"] for s in samples]
+            batch["input_ids"], batch["attention_mask"] = pad(prompts, self.pad_token_id, self.multiple, left=causal)
+            for key in ("reference", "context", "intent"):
+                if key in samples[0]:
+                    batch[key + "s"] = [s[key] for s in samples]
+            return batch
+        batch["input_ids"], batch["attention_mask"] = pad([s["input_ids"] for s in samples], self.pad_token_id,
+                                                          self.multiple)
+        if causal:
+            labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, self.IGNORE)
+            for i, s in enumerate(samples):
+                labels[i, : s["prompt_length"]] = self.IGNORE
+        else:
+            labels, mask = pad([s["target_ids"] for s in samples], self.pad_token_id, self.multiple)
+            labels = labels.masked_fill(mask == 0, self.IGNORE)
+        batch["labels"] = labels
         return batch

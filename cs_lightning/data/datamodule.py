@@ -1,5 +1,5 @@
-"""The intent-recognition DataModule: read and validate the files, settle the label set and the tokenizer, tokenize
-each split once (cached), and serve length-grouped, dynamically padded batches."""
+"""The DataModule: read and validate the files, settle the label set and the tokenizer, tokenize each split once
+(cached), and serve length-grouped, dynamically padded batches, for intent recognition or reply generation."""
 
 from __future__ import annotations
 
@@ -12,26 +12,30 @@ import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
-from cs_lightning.data.batching import LengthGroupedBatchSampler, PadCollator, TokenizedDataset
-from cs_lightning.data.encoding import cached_encode
+from cs_lightning.data.batching import (LengthGroupedBatchSampler, PadCollator, ReplyCollator, TokenizedDataset)
+from cs_lightning.data.dialogue import SPECIAL_MARKERS, prediction_examples, read_dialogues, reply_examples
+from cs_lightning.data.encoding import cached_encode, cached_encode_replies
 from cs_lightning.data.schema import ColumnMap, IntentRecord, check_known_labels, read_intent_records
 from cs_lightning.errors import ConfigError, DataError
 from cs_lightning.pretrained import resolve_model
 from cs_lightning.registry import get_backbone
-from cs_lightning.tokenization import train_tokenizer
+from cs_lightning.rules import BusinessRules
+from cs_lightning.tokenization import add_marker_tokens, train_tokenizer
 
 LANGUAGES = ("en", "zh")
+TASKS = ("intent", "reply")
+DEMO_ROOT = Path(__file__).parent / "demo"
 
 
-def stratified_split(records: Sequence[IntentRecord], fraction: float, seed: int):
-    """Split off about ``fraction`` of each label (at least one, never a label's only example), reproducibly."""
-    by_label: dict[str, list[IntentRecord]] = defaultdict(list)
+def stratified_split(records: Sequence, fraction: float, seed: int, key=lambda r: r.label):
+    """Split off about ``fraction`` of each group (at least one, never a group's only member), reproducibly."""
+    groups: dict = defaultdict(list)
     for rec in records:
-        by_label[rec.label].append(rec)
+        groups[key(rec)].append(rec)
     rng = random.Random(seed)
     keep, carved = [], []
-    for label in sorted(by_label):
-        group = list(by_label[label])
+    for name in sorted(groups, key=str):
+        group = list(groups[name])
         rng.shuffle(group)
         n = 0 if len(group) < 2 else min(len(group) - 1, max(1, round(len(group) * fraction)))
         carved += group[:n]
@@ -39,29 +43,43 @@ def stratified_split(records: Sequence[IntentRecord], fraction: float, seed: int
     return keep, carved
 
 
-class IntentDataModule(pl.LightningDataModule):
-    """Intent data from the user's files (CSV, TSV, JSON Lines, JSON arrays).
+class CSDataModule(pl.LightningDataModule):
+    """Customer-service data for intent recognition (``task: intent``) or reply generation (``task: reply``).
 
-    The files are read and validated when the module is built, before any training, so a bad line stops the run at
-    once with ``file:line: problem (fix)``; the label set (sorted names from the training file) and the tokenizer are
-    then known and handed to the model by the CLI.
+    Files are read and validated when the module is built, before any training, so a bad line stops the run at once
+    with ``file:line: problem (fix)``; the label set (sorted names from the training file), the tokenizer and the
+    business rules are then known and handed to the model by the CLI.
+
+    Intent files: CSV, TSV, JSON Lines or JSON arrays with ``text``, ``label`` and optional ``history`` and ``id``.
+    Dialogue files: JSON Lines of ``{"id", "domain", "turns": [{"role": "user"|"agent", "text"}]}``; every agent
+    turn is one example whose context is the turns before it.
 
     Args:
-        train_file: labelled training data.
-        val_file: labelled validation data; when missing, ``val_fraction`` of train is carved out, stratified.
-        test_file: labelled test data.
-        predict_file: messages to label (labels, if any, are ignored).
+        task: ``intent`` or ``reply``; cs-train sets it from the model class when left empty.
+        train_file: training data.
+        val_file: validation data; when missing, ``val_fraction`` of train is carved out (stratified by label for
+            intents, whole dialogues for replies).
+        test_file: test data.
+        predict_file: input to label (intents) or to answer (dialogues: the next agent reply of each).
         batch_size: samples per training batch (per device).
         eval_batch_size: samples per evaluation batch; default ``2 * batch_size``.
-        language: ``en`` or ``zh``; chooses bundled demo data and tokenizer settings.
-        max_length: tokens per input, message plus history; longer inputs lose their oldest history first.
-        max_history_turns: earlier turns kept from a record's ``history``.
-        val_fraction: share of each label carved from train for validation when ``val_file`` is not given.
-        seed: seed of the validation carve and of the batch order.
-        text_column: column or key of the message (default: text, query, utterance, sentence, message or content).
-        label_column: column or key of the label (default: label, category, intent or class).
-        history_column: column or key of the earlier turns (default: history or context).
-        id_column: column or key of a record id (default: id, guid or uid; else ``file:line``).
+        language: ``en`` or ``zh``; chooses demo data, metrics tokenization and tokenizer settings.
+        max_length: intent: tokens per input, message plus history; the oldest history goes first.
+        max_history_turns: earlier turns kept as context.
+        max_context_tokens: reply: tokens of context at most (newest kept).
+        max_reply_tokens: reply: tokens of a target reply at most.
+        domain_prefix: reply: start the context with the dialogue's domain (``banking:``).
+        rules_file: reply: business rules (YAML/JSON) for generation and evaluation; domains ship their own.
+        generate_samples: reply: validation/test examples that get a generated reply (a fixed, seeded sample).
+        dialogue_format: reply: ``jsonl`` (ours), or read a public dataset as it is: ``sgd`` (Schema-Guided
+            Dialogue files or folder), ``crosswoz`` (CrossWOZ json or json.zip).
+        val_fraction: share carved from train for validation when ``val_file`` is not given.
+        test_fraction: share carved from train for testing when ``test_file`` is not given (default: none).
+        seed: seed of the validation carve, the generation sample and the batch order.
+        text_column: intent column of the message (default: text, query, utterance, sentence, message or content).
+        label_column: intent column of the label (default: label, category, intent or class).
+        history_column: intent column of the earlier turns (default: history or context).
+        id_column: intent column of a record id (default: id, guid or uid; else ``file:line``).
         group_by_length: batch samples of similar length together (much less padding on short messages).
         pad_to_multiple_of: round padded lengths up to a multiple of this (8 suits GPU tensor cores).
         num_workers: data-loading worker processes.
@@ -69,37 +87,73 @@ class IntentDataModule(pl.LightningDataModule):
         tokenizer: tokenizer source (hub id or folder); linked from ``model.model_name_or_path``. When None, a
             tokenizer is trained on the training texts and cached.
         tokenizer_vocab_size: vocabulary size of a trained tokenizer.
-        lowercase: fold case in a trained tokenizer.
+        lowercase: fold case in a trained tokenizer (default: yes for intents, no for replies).
     """
 
     domain: str | None = None
 
-    def __init__(self, train_file: str | None = None, val_file: str | None = None, test_file: str | None = None,
-                 predict_file: str | None = None, batch_size: int = 32, eval_batch_size: int | None = None,
-                 language: str = "en", max_length: int = 128, max_history_turns: int = 4, val_fraction: float = 0.1,
-                 seed: int = 42, text_column: str | None = None, label_column: str | None = None,
-                 history_column: str | None = None, id_column: str | None = None, group_by_length: bool = True,
-                 pad_to_multiple_of: int | None = None, num_workers: int = 0, backbone: str = "bert",
-                 tokenizer: str | None = None, tokenizer_vocab_size: int = 8000, lowercase: bool = True):
+    def __init__(self, task: str | None = None, train_file: str | None = None, val_file: str | None = None,
+                 test_file: str | None = None, predict_file: str | None = None, batch_size: int = 32,
+                 eval_batch_size: int | None = None, language: str = "en", max_length: int = 128,
+                 max_history_turns: int = 4, max_context_tokens: int = 192, max_reply_tokens: int = 64,
+                 domain_prefix: bool = True, rules_file: str | None = None, generate_samples: int = 64,
+                 dialogue_format: str = "jsonl",
+                 val_fraction: float = 0.1, test_fraction: float = 0.0, seed: int = 42, text_column: str | None = None,
+                 label_column: str | None = None, history_column: str | None = None, id_column: str | None = None,
+                 group_by_length: bool = True, pad_to_multiple_of: int | None = None, num_workers: int = 0,
+                 backbone: str = "bert", tokenizer: str | None = None, tokenizer_vocab_size: int = 8000,
+                 lowercase: bool | None = None):
         super().__init__()
+        task = task or "intent"
+        if task not in TASKS:
+            raise ConfigError("data.task", f"unknown task {task!r}", f"use one of {', '.join(TASKS)}")
         if language not in LANGUAGES:
             raise ConfigError("data.language", f"unknown language {language!r}", f"use one of {', '.join(LANGUAGES)}")
         if batch_size < 1:
             raise ConfigError("data.batch_size", f"must be at least 1, got {batch_size}")
-        if not 0 <= val_fraction < 1:
-            raise ConfigError("data.val_fraction", f"must be in [0, 1), got {val_fraction}")
+        for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+            if not 0 <= value < 1:
+                raise ConfigError(f"data.{name}", f"must be in [0, 1), got {value}")
         self.save_hyperparameters()
+        self.task = task
+        self.lowercase = (task == "intent") if lowercase is None else lowercase
         self.columns = ColumnMap(text_column, label_column, history_column, id_column)
         self.files = {"train": train_file, "val": val_file, "test": test_file, "predict": predict_file}
-        self.records: dict[str, list[IntentRecord]] = {}
+        self.records: dict[str, list] = {}
         self.datasets: dict[str, TokenizedDataset] = {}
+        self.label_names: list[str] | None = None
         self.backbone = get_backbone(backbone)
-        self._read_files()
+        if task not in self.backbone.supported_tasks:
+            raise ConfigError("model.backbone", f"backbone '{backbone}' does not support task '{task}'",
+                              f"it supports: {', '.join(self.backbone.supported_tasks)}")
+        self.rules_path = rules_file
+        self.rules = BusinessRules.load(rules_file) if rules_file else BusinessRules()
+        if task == "intent":
+            self._read_intent_files()
+        else:
+            self._read_dialogue_files()
         self.tokenizer_path = self._resolve_tokenizer(tokenizer)
         self.tokenizer = self.backbone.load_tokenizer(self.tokenizer_path)
 
     # ------------------------------------------------------------------ reading
-    def _read_files(self) -> None:
+    def _require_some_files(self) -> None:
+        if not self.records:
+            raise ConfigError("data.train_file", "no data files given",
+                              "set data.train_file (and optionally val_file, test_file, predict_file)")
+
+    def _carve(self, train: list, key, convert=lambda records: records) -> list:
+        """Carve test, then validation records from train when their files are not given (stratified by ``key``;
+        dialogues are carved whole, so no conversation is split between train and evaluation)."""
+        hp = self.hparams
+        share = 0.0  # of the original train already carved
+        for split, fraction, seed in (("test", hp.test_fraction, hp.seed + 1), ("val", hp.val_fraction, hp.seed)):
+            if self.files[split] is None and fraction > 0:
+                train, carved = stratified_split(train, fraction / (1 - share), seed, key=key)
+                self.records[split] = convert(carved)
+                share += fraction
+        return train
+
+    def _read_intent_files(self) -> None:
         files = self.files
         if files["train"]:
             train = read_intent_records(files["train"], self.columns, labelled=True)
@@ -107,12 +161,7 @@ class IntentDataModule(pl.LightningDataModule):
             if len(self.label_names) < 2:
                 raise DataError(files["train"], f"only one label ({self.label_names[0]!r}) in the training data",
                                 field="label", fix="an intent classifier needs at least two intents")
-            if files["val"] is None and self.hparams.val_fraction > 0:
-                train, carved = stratified_split(train, self.hparams.val_fraction, self.hparams.seed)
-                self.records["val"] = carved
-            self.records["train"] = train
-        else:
-            self.label_names = None
+            self.records["train"] = self._carve(train, lambda r: r.label)
         for split in ("val", "test"):
             if files[split]:
                 records = read_intent_records(files[split], self.columns, labelled=True)
@@ -121,21 +170,48 @@ class IntentDataModule(pl.LightningDataModule):
                 self.records[split] = records
         if files["predict"]:
             self.records["predict"] = read_intent_records(files["predict"], self.columns, labelled=False)
-        if not self.records:
-            raise ConfigError("data.train_file", "no data files given",
-                              "set data.train_file (and optionally val_file, test_file, predict_file)")
+        self._require_some_files()
+
+    def _read_dialogue_files(self) -> None:
+        files, fmt = self.files, self.hparams.dialogue_format
+        if files["train"]:
+            train = read_dialogues(files["train"], file_format=fmt)
+            self.records["train"] = reply_examples(self._carve(train, lambda d: d.domain or "", reply_examples))
+        for split in ("val", "test"):
+            if files[split]:
+                self.records[split] = reply_examples(read_dialogues(files[split], file_format=fmt))
+        if files["predict"]:
+            self.records["predict"] = prediction_examples(read_dialogues(files["predict"], require_agent=False,
+                                                                         file_format=fmt))
+        self._require_some_files()
+
+    def _training_texts(self) -> list[str]:
+        train = self.records["train"]
+        if self.task == "intent":
+            return [r.text for r in train] + [t.text for r in train for t in r.history]
+        seen, texts = set(), []
+        for ex in train:  # each turn once, although it is context of every later reply
+            for text in [t.text for t in ex.context] + [ex.reply]:
+                if text not in seen:
+                    seen.add(text)
+                    texts.append(text)
+        return texts
 
     def _resolve_tokenizer(self, tokenizer: str | None) -> str:
         if tokenizer is not None:
-            return resolve_model(tokenizer, key="model.model_name_or_path").path
-        if "train" not in self.records:
+            path = resolve_model(tokenizer, key="model.model_name_or_path").path
+        elif "train" not in self.records:
             raise ConfigError("model.model_name_or_path", "no tokenizer: no model source and no training file to "
                               "train one on", "set model.model_name_or_path, or data.train_file")
-        texts = [r.text for r in self.records["train"]] + [t.text for r in self.records["train"] for t in r.history]
-        path = train_tokenizer(texts, self.backbone.tokenizer_kind, vocab_size=self.hparams.tokenizer_vocab_size,
-                               lowercase=self.hparams.lowercase)
-        rank_zero_info(f"Tokenizer: trained {self.backbone.tokenizer_kind} on {len(texts)} training texts, cached at {path}")
-        return str(path)
+        else:
+            texts = self._training_texts()
+            path = str(train_tokenizer(texts, self.backbone.tokenizer_kind, self.hparams.tokenizer_vocab_size,
+                                       lowercase=self.lowercase))
+            rank_zero_info(f"Tokenizer: trained {self.backbone.tokenizer_kind} on {len(texts)} training texts, "
+                           f"cached at {path}")
+        if self.task == "reply":  # speaker markers become special tokens the model learns
+            path = str(add_marker_tokens(path, list(SPECIAL_MARKERS.values()), self.backbone.load_tokenizer))
+        return path
 
     # ------------------------------------------------------------------ Lightning hooks
     def setup(self, stage: str | None = None) -> None:
@@ -146,58 +222,99 @@ class IntentDataModule(pl.LightningDataModule):
 
     def _encode(self, split: str) -> TokenizedDataset:
         records = self.records[split]
-        encoded = cached_encode(self.tokenizer, records, self.hparams.max_length, self.hparams.max_history_turns)
+        hp = self.hparams
+        if self.task == "reply":
+            encoded = cached_encode_replies(self.tokenizer, records, self.backbone.reply_kind, hp.max_context_tokens,
+                                            hp.max_reply_tokens, hp.max_history_turns, hp.domain_prefix)
+            extras = [{"reference": r.reply, "context": r.context, "intent": r.intent} for r in records]
+            return TokenizedDataset(encoded, None, [r.id for r in records], extras)
+        encoded = cached_encode(self.tokenizer, records, hp.max_length, hp.max_history_turns)
         labels = None
         if split != "predict" and self.label_names is not None:
             index = {name: i for i, name in enumerate(self.label_names)}
             labels = [index[r.label] for r in records]
         return TokenizedDataset(encoded, labels, [r.id for r in records])
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _collator(self, generation: bool):
+        if self.task == "intent":
+            return PadCollator(self.tokenizer.pad_token_id, self.hparams.pad_to_multiple_of)
+        return ReplyCollator(self.tokenizer.pad_token_id, self.backbone.reply_kind, generation,
+                             self.hparams.pad_to_multiple_of)
+
+    def _loader(self, split: str, shuffle: bool, generation: bool = False, subset: int | None = None) -> DataLoader:
         if split not in self.datasets:
             self.setup({"train": "fit", "val": "validate"}.get(split, split))
         if split not in self.datasets:
             raise ConfigError(f"data.{split}_file", f"no {split} data", f"set data.{split}_file")
         dataset = self.datasets[split]
+        lengths = dataset.lengths
+        if subset is not None and subset < len(dataset):
+            chosen = sorted(random.Random(self.hparams.seed).sample(range(len(dataset)), subset))
+            dataset = dataset.subset(chosen)
+            lengths = dataset.lengths
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-        batch_size = self.hparams.batch_size if shuffle else (self.hparams.eval_batch_size or 2 * self.hparams.batch_size)
-        sampler = LengthGroupedBatchSampler(dataset.lengths, batch_size, shuffle=shuffle,
-                                            group_by_length=self.hparams.group_by_length, seed=self.hparams.seed,
-                                            num_replicas=world, rank=rank)
-        workers = self.hparams.num_workers
+        hp = self.hparams
+        batch_size = hp.batch_size if shuffle else (hp.eval_batch_size or 2 * hp.batch_size)
+        sampler = LengthGroupedBatchSampler(lengths, batch_size, shuffle=shuffle, group_by_length=hp.group_by_length,
+                                            seed=hp.seed, num_replicas=world, rank=rank)
+        workers = hp.num_workers
         return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, persistent_workers=workers > 0,
-                          collate_fn=PadCollator(self.tokenizer.pad_token_id, self.hparams.pad_to_multiple_of))
+                          collate_fn=self._collator(generation))
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+    def _eval_loaders(self, split: str):
+        if self.task == "intent":
+            return self._loader(split, shuffle=False)
+        # replies: loss and perplexity on every example, generation on a bounded, fixed sample
+        return [self._loader(split, shuffle=False),
+                self._loader(split, shuffle=False, generation=True, subset=self.hparams.generate_samples)]
 
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+    def val_dataloader(self):
+        return self._eval_loaders("val") if "val" in self.records else []  # no validation data: Lightning skips it
+
+    def test_dataloader(self):
+        return self._eval_loaders("test")
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader("predict", shuffle=False)
+        return self._loader("predict", shuffle=False, generation=True)
 
-    def predict_records(self) -> list[IntentRecord]:
+    def predict_records(self) -> list:
         """The records of the predict file, in file order (batches come sorted by length; match them by id)."""
         return self.records.get("predict", [])
 
 
-DEMO_ROOT = Path(__file__).parent / "demo"
+class IntentDataModule(CSDataModule):
+    """Intent recognition on the user's files; see :class:`CSDataModule` for every setting."""
+
+    def __init__(self, task: str | None = "intent", **kwargs):
+        super().__init__(task=task or "intent", **kwargs)
 
 
-class DomainDataModule(IntentDataModule):
-    """An :class:`IntentDataModule` for one business domain, which trains on our bundled demo data for that domain
-    and ``data.language`` unless the user gives their own ``train_file`` (then only the user's files are read)."""
+class DialogueDataModule(CSDataModule):
+    """Reply generation on the user's dialogue files; see :class:`CSDataModule` for every setting."""
 
-    def __init__(self, train_file: str | None = None, val_file: str | None = None, test_file: str | None = None,
-                 **kwargs):
+    def __init__(self, task: str | None = "reply", **kwargs):
+        super().__init__(task=task or "reply", **kwargs)
+
+
+class DomainDataModule(CSDataModule):
+    """A :class:`CSDataModule` for one business domain. Without a ``train_file`` it trains on our bundled demo data
+    for the domain, the task and ``data.language`` (intent messages or dialogues), and applies the domain's
+    business rules unless ``rules_file`` names others."""
+
+    def __init__(self, task: str | None = None, train_file: str | None = None, val_file: str | None = None,
+                 test_file: str | None = None, rules_file: str | None = None, **kwargs):
+        language = kwargs.get("language", "en")
+        demo = DEMO_ROOT / self.domain
         if train_file is None:
-            demo = DEMO_ROOT / self.domain / kwargs.get("language", "en")
-            train_file = str(demo / "train.jsonl")
-            val_file = val_file or str(demo / "val.jsonl")
-            test_file = test_file or str(demo / "test.jsonl")
-        super().__init__(train_file=train_file, val_file=val_file, test_file=test_file, **kwargs)
+            folder = demo / language if (task or "intent") == "intent" else demo / "dialogues" / language
+            train_file = str(folder / "train.jsonl")
+            val_file = val_file or str(folder / "val.jsonl")
+            test_file = test_file or str(folder / "test.jsonl")
+        if rules_file is None and (task or "intent") == "reply" and (demo / "rules.yaml").exists():
+            rules_file = str(demo / "rules.yaml")
+        super().__init__(task=task, train_file=train_file, val_file=val_file, test_file=test_file,
+                         rules_file=rules_file, **kwargs)

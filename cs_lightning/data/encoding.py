@@ -2,91 +2,121 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
-from cs_lightning.data.dialogue import render_history
+from cs_lightning.data.dialogue import SPECIAL_MARKERS, TEXT_MARKERS, ContextBuilder, ReplyExample
 from cs_lightning.data.schema import IntentRecord
 from cs_lightning.errors import CSLightningError
 from cs_lightning.io import atomic_path
-from cs_lightning.tokenization import cache_root, content_key
+from cs_lightning.tokenization import cache_root, content_key, tokenizer_fingerprint
 
-_VERSION = "1"  # bump when the encoding below changes
-
-
-def tokenizer_fingerprint(tokenizer) -> str:
-    """A hash of what decides the token ids: the tokenizer's vocabulary, rules and special tokens."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        spec = json.loads(backend.to_str())
-        spec.pop("truncation", None)
-        spec.pop("padding", None)
-        text = json.dumps(spec, sort_keys=True, ensure_ascii=False)
-    else:  # a slow tokenizer: its vocabulary is the best we have
-        text = json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False)
-    return hashlib.sha256((type(tokenizer).__name__ + text).encode("utf-8")).hexdigest()[:20]
+_VERSION = "2"  # bump when the encoding below changes
 
 
 def encode_records(tokenizer, records: Sequence[IntentRecord], max_length: int, max_history_turns: int) -> dict:
     """Token ids of each record: the message, then its history (newest turns kept) as the second segment."""
-    texts = [r.text for r in records]
-    histories = [render_history(r.history, max_history_turns) for r in records]
-    encoded: list[list[int] | None] = [None] * len(records)
-    types: list[list[int] | None] = [None] * len(records)
-    single = [i for i, h in enumerate(histories) if not h]
-    paired = [i for i, h in enumerate(histories) if h]
+    single = [i for i, r in enumerate(records) if not r.history or max_history_turns <= 0]
+    with_history = [i for i, r in enumerate(records) if r.history and max_history_turns > 0]
+    want_types = "token_type_ids" in tokenizer.model_input_names
+    ids: list[list[int]] = [[] for _ in records]
+    types: list[list[int]] = [[] for _ in records]
     if single:
-        out = tokenizer([texts[i] for i in single], truncation=True, max_length=max_length)
+        out = tokenizer([records[i].text for i in single], truncation=True, max_length=max_length,
+                        return_token_type_ids=want_types)
         for j, i in enumerate(single):
-            encoded[i] = out["input_ids"][j]
-            types[i] = out["token_type_ids"][j] if "token_type_ids" in out else None
-    side = tokenizer.truncation_side
-    tokenizer.truncation_side = "left"  # drop the oldest history first
-    try:
-        for i in paired:
-            try:
-                out = tokenizer(texts[i], histories[i], truncation="only_second", max_length=max_length)
-            except Exception:  # the message alone fills the window: keep the message, drop the history
-                tokenizer.truncation_side = side
-                out = tokenizer(texts[i], truncation=True, max_length=max_length)
-                tokenizer.truncation_side = "left"
-            encoded[i] = out["input_ids"]
-            types[i] = out["token_type_ids"] if "token_type_ids" in out else None
-    finally:
-        tokenizer.truncation_side = side
-    lengths = torch.tensor([len(ids) for ids in encoded], dtype=torch.long)
+            ids[i] = out["input_ids"][j]
+            types[i] = out["token_type_ids"][j] if want_types else []
+    if with_history:
+        builder = ContextBuilder(tokenizer, max_turns=max_history_turns, markers=TEXT_MARKERS)
+        for i in with_history:
+            ids[i], types[i] = builder.message_with_history(records[i].text, records[i].history, max_length)
+    lengths = torch.tensor([len(x) for x in ids], dtype=torch.long)
     result = {
-        "input_ids": torch.tensor([t for ids in encoded for t in ids], dtype=torch.int32),
+        "input_ids": torch.tensor([t for x in ids for t in x], dtype=torch.int32),
         "offsets": torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)]),
     }
-    if all(t is not None for t in types) and any(any(t) for t in types):
-        result["token_type_ids"] = torch.tensor([t for ts in types for t in ts], dtype=torch.int8)
+    if want_types:
+        result["token_type_ids"] = torch.tensor([t for x in types for t in x], dtype=torch.int8)
     return result
 
 
-def cached_encode(tokenizer, records: Sequence[IntentRecord], max_length: int, max_history_turns: int,
-                  cache_dir: str | Path | None = None) -> dict:
-    """:func:`encode_records`, cached under a hash of the tokenizer, the settings and the texts.
-
-    Every rank may call this at once: the cache file is written to a temporary name and renamed, so readers see
-    either no file or a whole one.
-    """
-    key = content_key(_VERSION, tokenizer_fingerprint(tokenizer), max_length, max_history_turns,
-                      [(r.text, [(t.role, t.text) for t in r.history]) for r in records])
-    path = Path(cache_dir or cache_root() / "tokens") / f"{key}.pt"
+def _cached(key_parts: list, compute, cache_dir: str | Path | None) -> dict:
+    """``compute()``, cached under a hash of ``key_parts``. Every rank may call this at once: the cache file is
+    written to a temporary name and renamed, so readers see either no file or a whole one."""
+    path = Path(cache_dir or cache_root() / "tokens") / f"{content_key(_VERSION, *key_parts)}.pt"
     if path.exists():
         try:
             return torch.load(path, weights_only=True)
         except Exception:  # unreadable cache: rebuild it
             pass
-    encoded = encode_records(tokenizer, records, max_length, max_history_turns)
+    encoded = compute()
     try:
         with atomic_path(path) as tmp:
             torch.save(encoded, tmp)
     except (OSError, CSLightningError):  # a read-only or full cache folder only costs speed
         pass
     return encoded
+
+
+def cached_encode(tokenizer, records: Sequence[IntentRecord], max_length: int, max_history_turns: int,
+                  cache_dir: str | Path | None = None) -> dict:
+    """:func:`encode_records`, cached under a hash of the tokenizer, the settings and the texts."""
+    parts = [tokenizer_fingerprint(tokenizer), max_length, max_history_turns,
+             [(r.text, [(t.role, t.text) for t in r.history]) for r in records]]
+    return _cached(parts, lambda: encode_records(tokenizer, records, max_length, max_history_turns), cache_dir)
+
+
+def _flat(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
+    flat = torch.tensor([t for r in rows for t in r], dtype=torch.int32)
+    return flat, torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
+
+
+def encode_replies(tokenizer, examples: Sequence[ReplyExample], kind: str, max_context_tokens: int,
+                   max_reply_tokens: int, max_history_turns: int, domain_prefix: bool) -> dict:
+    """Token ids of reply examples.
+
+    ``causal``: input = context + ``<|agent|>`` + reply + EOS, with ``prompt_lengths`` marking where the reply starts
+    (the loss covers the reply and EOS only). ``seq2seq``: input = context + ``<|agent|>`` with the family's special
+    tokens; targets = reply + EOS. Examples without a reply (prediction input) get the prompt only.
+    """
+    builder = ContextBuilder(tokenizer, max_turns=max_history_turns, markers=SPECIAL_MARKERS,
+                             domain_prefix=domain_prefix)
+    agent = builder.encode(SPECIAL_MARKERS["agent"])
+    eos = tokenizer.eos_token_id
+    inputs, targets, prompt_lengths = [], [], []
+    for ex in examples:
+        reply = []
+        if ex.reply is not None:
+            reply = list(builder.encode((" " if kind == "causal" else "") + ex.reply).ids[:max_reply_tokens]) + [eos]
+        if kind == "causal":
+            prompt = builder.context_ids(ex.context, max_context_tokens - len(agent), ex.domain) + list(agent.ids)
+            inputs.append(prompt + reply)
+            prompt_lengths.append(len(prompt))
+        else:
+            from tokenizers import Encoding
+
+            budget = max_context_tokens - len(agent) - builder.specials[False]
+            context = builder.context_encoding(ex.context, budget, ex.domain)
+            merged = Encoding.merge([context, agent], growing_offsets=True) if context is not None else agent
+            inputs.append(list(builder.backend.post_process(merged, None, add_special_tokens=True).ids))
+        targets.append(reply)
+    result = {}
+    result["input_ids"], result["offsets"] = _flat(inputs)
+    result["target_ids"], result["target_offsets"] = _flat(targets)
+    if kind == "causal":
+        result["prompt_lengths"] = torch.tensor(prompt_lengths, dtype=torch.long)
+    return result
+
+
+def cached_encode_replies(tokenizer, examples: Sequence[ReplyExample], kind: str, max_context_tokens: int,
+                          max_reply_tokens: int, max_history_turns: int, domain_prefix: bool,
+                          cache_dir: str | Path | None = None) -> dict:
+    """:func:`encode_replies`, cached under a hash of the tokenizer, the settings and the examples."""
+    settings = [kind, max_context_tokens, max_reply_tokens, max_history_turns, domain_prefix]
+    parts = [tokenizer_fingerprint(tokenizer), settings,
+             [(e.domain, [(t.role, t.text) for t in e.context], e.reply) for e in examples]]
+    return _cached(parts, lambda: encode_replies(tokenizer, examples, *settings), cache_dir)

@@ -11,7 +11,7 @@ import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 from cs_lightning.errors import DataError
 
@@ -23,9 +23,9 @@ ID_ALIASES = ("id", "guid", "uid")
 ROLES = ("user", "agent")
 
 
-@dataclass(frozen=True)
-class Turn:
-    """One utterance of a conversation: who said it (``user`` or ``agent``) and what."""
+class Turn(NamedTuple):
+    """One utterance of a conversation: who said it (``user`` or ``agent``) and what. (A named tuple, so batches
+    that carry conversations move between devices untouched.)"""
 
     role: str
     text: str

@@ -2,5 +2,6 @@
 
 from cs_lightning.models.base import BackboneModule
 from cs_lightning.models.intent import IntentClassifier
+from cs_lightning.models.reply import ReplyGenerator
 
-__all__ = ["BackboneModule", "IntentClassifier"]
+__all__ = ["BackboneModule", "IntentClassifier", "ReplyGenerator"]

@@ -1,0 +1,87 @@
+"""Importers of public dialogue datasets into our dialogue JSON Lines (``{"id", "domain", "turns"}``).
+
+- ``sgd``: Schema-Guided Dialogue (a ``dialogues_*.json`` file or a folder of them); the domain is the dialogue's
+  services (``Banks_1``, ``Restaurants_1+Events_2``), the intent the first active intent of the user.
+- ``crosswoz``: CrossWOZ (a ``*.json`` file, or the upstream ``*.json.zip``); the domain is the dialogue's domains
+  in order of appearance (``餐馆+酒店``).
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+from typing import Iterator
+
+from cs_lightning.errors import DataError
+
+FORMATS = ("sgd", "crosswoz")
+
+
+def _load_json(path: Path):
+    try:
+        if path.suffix == ".zip":
+            with zipfile.ZipFile(path) as archive:
+                members = [m for m in archive.namelist() if m.endswith(".json")]
+                if not members:
+                    raise DataError(path, "the zip holds no .json file", fix="give the dataset's json or json.zip")
+                return json.loads(archive.read(members[0]).decode("utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(path, f"not valid JSON ({err})", fix="give the dataset's original file") from None
+    except zipfile.BadZipFile:
+        raise DataError(path, "not a valid zip file", fix="give the dataset's original file") from None
+
+
+def _files(src: Path, pattern: str) -> list[Path]:
+    if not src.exists():
+        raise DataError(src, "not found", fix="check the path")
+    files = sorted(src.glob(pattern)) if src.is_dir() else [src]
+    if not files:
+        raise DataError(src, f"no {pattern} files in this folder", fix="point to the dataset's dialogue files")
+    return files
+
+
+def import_sgd(src: str | Path) -> Iterator[dict]:
+    """Dialogues of Schema-Guided Dialogue files (``schema.json`` is skipped)."""
+    for path in _files(Path(src), "dialogues_*.json"):
+        data = _load_json(path)
+        if not isinstance(data, list):
+            raise DataError(path, "expected a JSON list of dialogues", fix="give an SGD dialogues_NNN.json file")
+        for i, dialogue in enumerate(data):
+            try:
+                turns = [{"role": "user" if t["speaker"] == "USER" else "agent", "text": t["utterance"].strip()}
+                         for t in dialogue["turns"] if t["utterance"].strip()]
+                intent = next((f["state"]["active_intent"] for t in dialogue["turns"] for f in t.get("frames", [])
+                               if f.get("state", {}).get("active_intent", "NONE") != "NONE"), None)
+                yield {"id": dialogue["dialogue_id"], "domain": "+".join(dialogue["services"]), "intent": intent,
+                       "turns": turns}
+            except (KeyError, TypeError) as err:
+                raise DataError(path, f"dialogue {i}: missing field {err}", fix="give an unmodified SGD file") from None
+
+
+def import_crosswoz(src: str | Path) -> Iterator[dict]:
+    """Dialogues of a CrossWOZ split file (json or json.zip)."""
+    for path in _files(Path(src), "*.json*"):
+        data = _load_json(path)
+        if not isinstance(data, dict):
+            raise DataError(path, "expected a JSON object keyed by dialogue id", fix="give a CrossWOZ split file")
+        for did, dialogue in data.items():
+            try:
+                turns, domains = [], []
+                for message in dialogue["messages"]:
+                    text = message["content"].strip()
+                    if text:
+                        turns.append({"role": "user" if message["role"] == "usr" else "agent", "text": text})
+                    for act in message.get("dialog_act", []):
+                        if len(act) > 1 and act[1] not in ("greet", "thank", "bye", "welcome", "none", "General") \
+                                and act[1] not in domains:
+                            domains.append(act[1])
+                yield {"id": str(did), "domain": "+".join(domains) or None, "type": dialogue.get("type"),
+                       "turns": turns}
+            except (KeyError, TypeError) as err:
+                raise DataError(path, f"dialogue {did}: missing field {err}", fix="give an unmodified CrossWOZ file") \
+                    from None
+
+
+IMPORTERS = {"sgd": import_sgd, "crosswoz": import_crosswoz}
