@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import sys
@@ -25,6 +26,10 @@ from cs_lightning.errors import ConfigError, user_error
 
 LOG_DIR = "logs"
 TENSORBOARD = "lightning.pytorch.loggers.TensorBoardLogger"
+
+
+def _attribute(data, name: str):
+    return getattr(data, name, None)
 
 
 class CSLightningCLI(LightningCLI):
@@ -54,9 +59,10 @@ class CSLightningCLI(LightningCLI):
         parser.link_arguments("model.init_args.backbone", "data.init_args.backbone")
         parser.link_arguments("model.init_args.model_name_or_path", "data.init_args.tokenizer")
         parser.link_arguments("data.init_args.language", "model.init_args.language")
-        parser.link_arguments("data.label_names", "model.init_args.labels", apply_on="instantiate")
-        parser.link_arguments("data.tokenizer_path", "model.init_args.tokenizer_path", apply_on="instantiate")
-        parser.link_arguments("data.rules_path", "model.init_args.rules_path", apply_on="instantiate")
+        # values known once the data is read; a user's own DataModule without them simply passes None
+        for attr, target in (("label_names", "labels"), ("tokenizer_path", "tokenizer_path"), ("rules_path", "rules_path")):
+            parser.link_arguments("data", f"model.init_args.{target}", apply_on="instantiate",
+                                  compute_fn=functools.partial(_attribute, name=attr))
 
     # ------------------------------------------------------------------ defaults that depend on the config
     def _experiment(self, cfg) -> str:

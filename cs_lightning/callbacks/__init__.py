@@ -1,6 +1,7 @@
-"""Callbacks: checkpointing, artifacts written beside checkpoints (tokenizer, predictions)."""
+"""Callbacks: checkpointing, layer freezing, artifacts written beside checkpoints (tokenizer, predictions)."""
 
 from cs_lightning.callbacks.artifacts import PredictionWriter, SaveArtifacts
 from cs_lightning.callbacks.checkpoint import BestAndLastCheckpoint
+from cs_lightning.callbacks.freezing import FreezeLayers, GradualUnfreezing
 
-__all__ = ["BestAndLastCheckpoint", "PredictionWriter", "SaveArtifacts"]
+__all__ = ["BestAndLastCheckpoint", "FreezeLayers", "GradualUnfreezing", "PredictionWriter", "SaveArtifacts"]

@@ -174,15 +174,23 @@ class ContextBuilder:
         return list(enc.ids) if enc is not None else []
 
     def message_with_history(self, text: str, history: Sequence[Turn], max_length: int) -> tuple[list[int], list[int]]:
-        """Multi-turn intent input: the message, then its history as the second segment, with the family's special
-        tokens; the message is cut only when it alone fills ``max_length``. Returns ids and token type ids."""
+        """Multi-turn intent input: the message, then its history, with the family's special tokens; the message is
+        cut only when it alone fills ``max_length``. Families with token types (BERT) get the history as the second
+        segment; the others (T5, GPT) one sequence, since T5's classifier expects a single end-of-sequence token.
+        Returns ids and token type ids."""
+        from tokenizers import Encoding
+
+        pair = "token_type_ids" in self.tokenizer.model_input_names
         message = self.encode(text)
-        room = max_length - self.specials[bool(history)] - len(message)
+        room = max_length - self.specials[pair and bool(history)] - len(message)
         context = self.context_encoding(history, room) if history and room > 0 else None
         if context is None:
             if len(message) > max_length - self.specials[False]:
                 message.truncate(max_length - self.specials[False])
             final = self.backend.post_process(message, None, add_special_tokens=True)
-        else:
+        elif pair:
             final = self.backend.post_process(message, context, add_special_tokens=True)
+        else:
+            merged = Encoding.merge([message, context], growing_offsets=True)
+            final = self.backend.post_process(merged, None, add_special_tokens=True)
         return list(final.ids), list(final.type_ids)

@@ -13,7 +13,7 @@ from cs_lightning.errors import CSLightningError
 from cs_lightning.io import atomic_path
 from cs_lightning.tokenization import cache_root, content_key, tokenizer_fingerprint
 
-_VERSION = "2"  # bump when the encoding below changes
+_VERSION = "3"  # bump when the encoding below changes
 
 
 def encode_records(tokenizer, records: Sequence[IntentRecord], max_length: int, max_history_turns: int) -> dict:
