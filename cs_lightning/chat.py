@@ -5,34 +5,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
-
-import torch
 
 from cs_lightning.errors import ConfigError, CSLightningError
-
-
-def load_for_inference(ckpt_path: str | Path, model_class=None):
-    """A model from a cs-lightning checkpoint, built from the artifacts saved beside it (no original sources
-    needed), in eval mode, with the data settings it was trained with."""
-    from cs_lightning.models import ReplyGenerator
-
-    ckpt_path = Path(ckpt_path)
-    if not ckpt_path.is_file():
-        raise ConfigError("--ckpt", f"checkpoint {ckpt_path} not found", "give the path of a .ckpt file from logs/")
-    folder = ckpt_path.parent
-    raw = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    overrides = {}
-    if (folder / "tokenizer").is_dir():
-        overrides["tokenizer_path"] = str(folder / "tokenizer")
-    if (folder / "config.json").is_file():
-        overrides.update(model_name_or_path=str(folder), pretrained=False)
-    if (folder / "rules.yaml").is_file() and "rules_path" in raw.get("hyper_parameters", {}):
-        overrides["rules_path"] = str(folder / "rules.yaml")
-    model_class = model_class or ReplyGenerator
-    model = model_class.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True, **overrides)
-    model.eval()
-    return model, raw.get("datamodule_hyper_parameters", {})
+from cs_lightning.export import load_checkpoint
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -43,7 +18,9 @@ def main(argv: list[str] | None = None) -> None:
     from cs_lightning.data.schema import Turn
 
     try:
-        model, data = load_for_inference(args.ckpt)
+        model, data = load_checkpoint(args.ckpt)
+        if getattr(model, "task", None) != "reply":
+            raise ConfigError("--ckpt", f"{args.ckpt} is not a reply model", "give a ReplyGenerator checkpoint")
     except CSLightningError as err:
         print(f"cs-chat: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None

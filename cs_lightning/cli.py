@@ -21,7 +21,7 @@ from typing import Optional
 from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from cs_lightning.callbacks import BestAndLastCheckpoint, PredictionWriter, SaveArtifacts
+from cs_lightning.callbacks import BestAndLastCheckpoint, HParamsSummary, PredictionWriter, SaveArtifacts
 from cs_lightning.errors import ConfigError, user_error
 
 LOG_DIR = "logs"
@@ -140,6 +140,8 @@ class CSLightningCLI(LightningCLI):
             callbacks.append(SaveArtifacts())
         if cfg.trainer.get("logger") and not any(isinstance(c, LearningRateMonitor) for c in callbacks):
             callbacks.append(LearningRateMonitor(logging_interval="step"))
+        if cfg.trainer.get("logger") and not any(isinstance(c, HParamsSummary) for c in callbacks):
+            callbacks.append(HParamsSummary())
         if self.subcommand == "predict":
             callbacks.append(PredictionWriter(cfg.predict_output))
         cfg.trainer.callbacks = callbacks

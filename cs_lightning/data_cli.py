@@ -1,5 +1,10 @@
-"""``cs-data``: data tools. ``cs-data import --format sgd|crosswoz SRC OUT.jsonl`` converts public dialogue datasets
-into cs-lightning's dialogue JSON Lines."""
+"""``cs-data``: data tools.
+
+- ``cs-data import --format sgd|crosswoz SRC OUT.jsonl`` converts public dialogue datasets into cs-lightning's
+  dialogue JSON Lines.
+- ``cs-data validate FILE [FILE ...] [--task intent|dialogue]`` checks files before training: every schema error
+  (the readers' messages, with file and line), the label distribution, duplicate texts, and texts shared between
+  the files given (train/test leakage). Exits 1 when there are errors."""
 
 from __future__ import annotations
 
@@ -25,6 +30,68 @@ def run_import(fmt: str, src: str, out: str) -> int:
     return 0
 
 
+def _normal(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def run_validate(files: list[str], task: str, text_column: str | None, label_column: str | None) -> int:
+    from collections import Counter
+
+    from cs_lightning.data.dialogue import read_dialogues
+    from cs_lightning.data.schema import ColumnMap, read_intent_records
+
+    errors: list = []
+    texts: dict[str, dict[str, int]] = {}
+    for path in files:
+        found: list = []
+        try:
+            if task == "intent":
+                records = read_intent_records(path, ColumnMap(text_column, label_column), errors=found)
+                labels = Counter(r.label for r in records if r.label is not None)
+                items = [(r.text, r.line) for r in records]
+            else:
+                dialogues = read_dialogues(path, require_agent=False)
+                labels = Counter(d.domain or "(none)" for d in dialogues)
+                items = [(" | ".join(t.text for t in d.turns), d.line) for d in dialogues]
+        except CSLightningError as err:  # the file cannot be read at all (not found, not UTF-8, ...)
+            found.append(err)
+            records, labels, items = [], Counter(), []
+        errors += found
+        print(f"{path}: {len(items)} {'records' if task == 'intent' else 'dialogues'}, {len(found)} error(s)")
+        for err in found:
+            print(f"  error: {err}")
+        if labels:
+            kind = "labels" if task == "intent" else "domains"
+            shown = ", ".join(f"{name} {count}" for name, count in labels.most_common())
+            print(f"  {kind} ({len(labels)}): {shown}")
+            if task == "intent" and len(labels) > 1:
+                most, least = labels.most_common()[0][1], labels.most_common()[-1][1]
+                if most >= 10 * least:
+                    print(f"  warning: imbalanced labels ({most} vs {least}); consider model.class_weights")
+        seen: dict[str, int] = {}
+        duplicates = 0
+        for text, line in items:
+            key = _normal(text)
+            if key in seen:
+                duplicates += 1
+                if duplicates <= 5:
+                    print(f"  duplicate: line {line} repeats line {seen[key]}: {text[:60]!r}")
+            else:
+                seen[key] = line
+        if duplicates:
+            print(f"  {duplicates} duplicate text(s)")
+        texts[path] = seen
+    names = list(texts)
+    for i, first in enumerate(names):
+        for second in names[i + 1:]:
+            shared = set(texts[first]) & set(texts[second])
+            if shared:
+                example = next(iter(shared))
+                print(f"leakage: {len(shared)} text(s) in both {first} and {second}, e.g. {example[:60]!r} "
+                      f"(lines {texts[first][example]} and {texts[second][example]})")
+    return 1 if errors else 0
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="cs-data", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -32,9 +99,17 @@ def main(argv: list[str] | None = None) -> None:
     imp.add_argument("--format", required=True, choices=FORMATS)
     imp.add_argument("src", help="dataset file, zip or folder")
     imp.add_argument("out", help="output .jsonl")
+    val = sub.add_parser("validate", help="check data files: schema errors, labels, duplicates, leakage")
+    val.add_argument("files", nargs="+", help="one or more files (e.g. train and test, to check for leakage)")
+    val.add_argument("--task", choices=["intent", "dialogue"], default="intent")
+    val.add_argument("--text-column", default=None)
+    val.add_argument("--label-column", default=None)
     args = parser.parse_args(argv)
     try:
-        code = run_import(args.format, args.src, args.out)
+        if args.command == "validate":
+            code = run_validate(args.files, args.task, args.text_column, args.label_column)
+        else:
+            code = run_import(args.format, args.src, args.out)
     except CSLightningError as err:
         print(f"cs-data: error: {err}", file=sys.stderr)
         code = 2

@@ -60,8 +60,10 @@ def test_fit_writes_logs_and_checkpoints_then_test_and_predict_reload(tmp_path, 
     assert events, "TensorBoard events missing"
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    tags = EventAccumulator(str(events[0].parent)).Reload().Tags()["scalars"]
-    assert {"train/loss", "val/loss", "val/acc", "val/f1_macro"} <= set(tags)
+    accumulator = EventAccumulator(str(events[0].parent)).Reload()
+    assert {"train/loss", "val/loss", "val/acc", "val/f1_macro"} <= set(accumulator.Tags()["scalars"])
+    plugins = accumulator.PluginTagToContent("hparams")  # the HParams tab: hyper-parameters with final metrics
+    assert any(b"learning_rate" in content for content in plugins.values())
 
     # the last checkpoint loads with weights_only and predicts the labels the trained model predicted
     raw = torch.load(ckpts / "last.ckpt", weights_only=True, map_location="cpu")

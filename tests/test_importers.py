@@ -67,3 +67,27 @@ def test_crosswoz_small_handmade_zip(tmp_path):
         archive.writestr("tiny.json", json.dumps(data, ensure_ascii=False))
     [dialogue] = read_dialogues(path, file_format="crosswoz")
     assert dialogue.domain == "酒店" and [t.role for t in dialogue.turns] == ["user", "agent"]
+
+
+def test_validate_reports_every_error_labels_duplicates_and_leakage(tmp_path, capsys):
+    train = write(tmp_path / "train.csv", "text,label\nwhere is my parcel,delivery\n,delivery\nrefund please,refund\n"
+                                          "Where is  my parcel,delivery\nhello,greet,extra\nreset password,login\n")
+    test = write(tmp_path / "test.jsonl", '{"text": "refund please", "label": "refund"}\n{"text": "bye", "label": ""}\n')
+    with pytest.raises(SystemExit) as exit_:
+        cs_data(["validate", str(train), str(test)])
+    assert exit_.value.code == 1
+    out = capsys.readouterr().out
+    assert f"error: {train}:3: text: empty text" in out
+    assert f"error: {train}:6: expected 2 fields" in out
+    assert f"error: {test}:2: label: empty label" in out
+    assert "duplicate: line 5 repeats line 2" in out
+    assert "labels (3): delivery 2, refund 1, login 1" in out
+    assert "leakage: 1 text(s) in both" in out
+
+
+def test_validate_clean_file_exits_zero(tmp_path, capsys):
+    good = write(tmp_path / "good.jsonl", '{"text": "hello", "label": "greet"}\n{"text": "bye", "label": "leave"}\n')
+    with pytest.raises(SystemExit) as exit_:
+        cs_data(["validate", str(good)])
+    assert exit_.value.code == 0
+    assert "0 error(s)" in capsys.readouterr().out

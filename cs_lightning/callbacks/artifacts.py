@@ -80,3 +80,37 @@ class PredictionWriter(BasePredictionWriter):
                         row = {"id": row["id"], "text": texts[row["id"]], **{k: v for k, v in row.items() if k != "id"}}
                     f.write(json.dumps(row, ensure_ascii=False) + "\n")
         print(f"Wrote {len(rows)} predictions to {self.output_file}")
+
+
+class HParamsSummary(Callback):
+    """Fills TensorBoard's HParams tab: each run's hyper-parameters (model and data) with its final metrics, written
+    when fitting and testing end, so runs can be compared there as in ``cs-runs``."""
+
+    KEEP = ("val/", "test/")
+
+    @staticmethod
+    def _plain(value):
+        return value if isinstance(value, (int, float, str, bool)) else str(value)
+
+    def _write(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        logger = trainer.logger
+        if logger is None or not trainer.is_global_zero or not hasattr(logger, "log_hyperparams"):
+            return
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
+                   if k.startswith(self.KEEP) and getattr(v, "numel", lambda: 1)() == 1}
+        ckpt = trainer.checkpoint_callback
+        if ckpt is not None and getattr(ckpt, "best_model_score", None) is not None:
+            metrics[f"best/{ckpt.monitor}"] = float(ckpt.best_model_score)
+        if not metrics:
+            return
+        params = {f"model/{k}": self._plain(v) for k, v in pl_module.hparams.items() if k != "labels"}
+        datamodule = getattr(trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "hparams"):
+            params.update({f"data/{k}": self._plain(v) for k, v in datamodule.hparams.items()})
+        logger.log_hyperparams(params, metrics=metrics)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        self._write(trainer, pl_module)
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        self._write(trainer, pl_module)

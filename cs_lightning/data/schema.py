@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, NamedTuple, Sequence
 
@@ -58,7 +58,6 @@ class ColumnMap:
     label: str | None = None
     history: str | None = None
     id: str | None = None
-    _resolved: dict = field(default_factory=dict, repr=False)
 
 
 def _decode(path: Path) -> str:
@@ -77,7 +76,14 @@ def _decode(path: Path) -> str:
                         fix="re-save the file as UTF-8, e.g. `iconv -f GBK -t UTF-8`") from None
 
 
-def _rows_csv(path: Path, text: str, delimiter: str) -> Iterator[tuple[int, dict]]:
+def _report(error: DataError, errors: list | None) -> None:
+    """Raise ``error``, or add it to ``errors`` when the caller collects them (``cs-data validate``)."""
+    if errors is None:
+        raise error
+    errors.append(error)
+
+
+def _rows_csv(path: Path, text: str, delimiter: str, errors: list | None = None) -> Iterator[tuple[int, dict]]:
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     start = 1
     try:
@@ -92,27 +98,31 @@ def _rows_csv(path: Path, text: str, delimiter: str) -> Iterator[tuple[int, dict
                 start = reader.line_num + 1
                 continue
             if len(row) != len(header):
-                raise DataError(path, f"expected {len(header)} fields ({delimiter.join(header)}) but found {len(row)}",
-                                line=start, fix='put double quotes around a field that contains the delimiter')
-            yield start, dict(zip(header, row))
+                _report(DataError(path, f"expected {len(header)} fields ({delimiter.join(header)}) but found "
+                                        f"{len(row)}", line=start,
+                                  fix="put double quotes around a field that contains the delimiter"), errors)
+            else:
+                yield start, dict(zip(header, row))
             start = reader.line_num + 1
-    except csv.Error as err:
-        raise DataError(path, f"malformed CSV: {err}", line=start,
-                        fix='close the quote that opens on this line, or double the " inside a quoted field') from None
+    except csv.Error as err:  # the parser cannot go on after this
+        _report(DataError(path, f"malformed CSV: {err}", line=start,
+                          fix='close the quote that opens on this line, or double the " inside a quoted field'), errors)
 
 
-def _rows_jsonl(path: Path, text: str) -> Iterator[tuple[int, dict]]:
+def _rows_jsonl(path: Path, text: str, errors: list | None = None) -> Iterator[tuple[int, dict]]:
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as err:
-            raise DataError(path, f"not valid JSON ({err.msg} at column {err.colno})", line=number,
-                            fix="each line must be one complete JSON object") from None
+            _report(DataError(path, f"not valid JSON ({err.msg} at column {err.colno})", line=number,
+                              fix="each line must be one complete JSON object"), errors)
+            continue
         if not isinstance(obj, dict):
-            raise DataError(path, f"a JSON {type(obj).__name__} where an object was expected", line=number,
-                            fix='write each record as {"text": ..., "label": ...}')
+            _report(DataError(path, f"a JSON {type(obj).__name__} where an object was expected", line=number,
+                              fix='write each record as {"text": ..., "label": ...}'), errors)
+            continue
         yield number, obj
 
 
@@ -145,18 +155,19 @@ def _rows_json_array(path: Path, text: str) -> Iterator[tuple[int, dict]]:
         yield line, obj
 
 
-def read_rows(path: str | Path) -> Iterator[tuple[int, dict]]:
-    """Yield ``(line_number, record)`` from a CSV, TSV, JSON Lines or JSON-array file, validating the syntax."""
+def read_rows(path: str | Path, errors: list | None = None) -> Iterator[tuple[int, dict]]:
+    """Yield ``(line_number, record)`` from a CSV, TSV, JSON Lines or JSON-array file, validating the syntax.
+    With ``errors``, problems of single lines are collected there and reading goes on where it can."""
     path = Path(path)
     text = _decode(path)
     suffix = path.suffix.lower()
     if suffix in (".csv", ".tsv"):
-        yield from _rows_csv(path, text, "\t" if suffix == ".tsv" else ",")
+        yield from _rows_csv(path, text, "\t" if suffix == ".tsv" else ",", errors)
     elif suffix in (".jsonl", ".json", ".ndjson"):
         if text.lstrip().startswith("["):
             yield from _rows_json_array(path, text)
         else:
-            yield from _rows_jsonl(path, text)
+            yield from _rows_jsonl(path, text, errors)
     else:
         raise DataError(path, f"unknown file type '{suffix}'", fix="use .csv, .tsv, .jsonl or .json")
 
@@ -207,7 +218,7 @@ def parse_history(value, path: Path, line: int, column: str) -> tuple[Turn, ...]
 
 
 def read_intent_records(path: str | Path, columns: ColumnMap | None = None,
-                        labelled: bool | None = None) -> list[IntentRecord]:
+                        labelled: bool | None = None, errors: list | None = None) -> list[IntentRecord]:
     """Read an intent file into validated records.
 
     Args:
@@ -215,58 +226,66 @@ def read_intent_records(path: str | Path, columns: ColumnMap | None = None,
         columns: which columns hold text, label, history and id.
         labelled: ``True`` requires a label on every record, ``False`` ignores labels (predict input),
             ``None`` accepts a file with labels on every record or on none.
+        errors: collect problems here and skip the records they concern, instead of raising the first one.
     """
     path = Path(path)
-    columns = columns or ColumnMap()
     records: list[IntentRecord] = []
-    keys_seen: tuple | None = None
-    text_col = label_col = history_col = id_col = None
-    for line, row in read_rows(path):
-        keys = tuple(row)
-        if keys != keys_seen:
-            keys_seen = keys
-            text_col = _pick(keys, columns.text, TEXT_ALIASES)
-            label_col = _pick(keys, columns.label, LABEL_ALIASES)
-            history_col = _pick(keys, columns.history, HISTORY_ALIASES)
-            id_col = _pick(keys, columns.id, ID_ALIASES)
-        if text_col is None:
-            wanted = columns.text or "text"
-            raise DataError(path, f"no '{wanted}' column (found: {', '.join(keys) or 'none'})", line=line,
-                            fix="rename the column, or set data.text_column to the column that holds the message")
-        text = row.get(text_col)
-        if not isinstance(text, str):
-            raise DataError(path, f"expected a string, got {type(text).__name__}", line=line, field=text_col,
-                            fix="the message text must be a string")
-        text = " ".join(text.split())
-        if not text:
-            raise DataError(path, "empty text", line=line, field=text_col, fix="fill in the message or delete the line")
-        label = None
-        if labelled is not False:
-            raw_label = row.get(label_col) if label_col else None
-            if isinstance(raw_label, (int, float)) and not isinstance(raw_label, bool):
-                raw_label = str(raw_label)
-            if raw_label is not None and not isinstance(raw_label, str):
-                raise DataError(path, f"expected a string label, got {type(raw_label).__name__}", line=line,
-                                field=label_col, fix="write the intent name as a string")
-            label = raw_label.strip() if raw_label is not None else None
-            if not label:
-                if labelled or records and records[0].label is not None:
-                    wanted = columns.label or "label"
-                    problem = "empty label" if label_col else f"no '{wanted}' column (found: {', '.join(keys)})"
-                    raise DataError(path, problem, line=line, field=label_col if label_col else None,
-                                    fix="give every record an intent label, or set data.label_column")
-                label = None
-            elif records and records[0].label is None:
-                raise DataError(path, "this record has a label but earlier ones have none", line=line, field=label_col,
-                                fix="label every record (training data) or none (prediction input)")
-        history = parse_history(row.get(history_col), path, line, history_col) if history_col else ()
-        rid = row.get(id_col) if id_col else None
-        rid = str(rid) if rid not in (None, "") else f"{path.name}:{line}"
-        domain = row.get("domain") if isinstance(row.get("domain"), str) else None
-        records.append(IntentRecord(rid, text, label, history, line, domain))
-    if not records:
+    state = {"keys": None, "columns": columns or ColumnMap()}
+    for line, row in read_rows(path, errors):
+        try:
+            records.append(_intent_record(path, line, row, state, labelled, records))
+        except DataError as err:
+            _report(err, errors)
+    if not records and not errors:
         raise DataError(path, "no records (only a header or blank lines)", fix="add at least one record")
     return records
+
+
+def _intent_record(path: Path, line: int, row: dict, state: dict, labelled: bool | None,
+                   records: list[IntentRecord]) -> IntentRecord:
+    """One validated record (``state`` remembers the column choice for the file's keys)."""
+    columns = state["columns"]
+    keys = tuple(row)
+    if keys != state["keys"]:
+        state["keys"] = keys
+        state["cols"] = (_pick(keys, columns.text, TEXT_ALIASES), _pick(keys, columns.label, LABEL_ALIASES),
+                         _pick(keys, columns.history, HISTORY_ALIASES), _pick(keys, columns.id, ID_ALIASES))
+    text_col, label_col, history_col, id_col = state["cols"]
+    if text_col is None:
+        wanted = columns.text or "text"
+        raise DataError(path, f"no '{wanted}' column (found: {', '.join(keys) or 'none'})", line=line,
+                        fix="rename the column, or set data.text_column to the column that holds the message")
+    text = row.get(text_col)
+    if not isinstance(text, str):
+        raise DataError(path, f"expected a string, got {type(text).__name__}", line=line, field=text_col,
+                        fix="the message text must be a string")
+    text = " ".join(text.split())
+    if not text:
+        raise DataError(path, "empty text", line=line, field=text_col, fix="fill in the message or delete the line")
+    label = None
+    if labelled is not False:
+        raw_label = row.get(label_col) if label_col else None
+        if isinstance(raw_label, (int, float)) and not isinstance(raw_label, bool):
+            raw_label = str(raw_label)
+        if raw_label is not None and not isinstance(raw_label, str):
+            raise DataError(path, f"expected a string label, got {type(raw_label).__name__}", line=line,
+                            field=label_col, fix="write the intent name as a string")
+        label = raw_label.strip() if raw_label is not None else None
+        if not label:
+            if labelled or records and records[0].label is not None:
+                wanted = columns.label or "label"
+                problem = "empty label" if label_col else f"no '{wanted}' column (found: {', '.join(keys)})"
+                raise DataError(path, problem, line=line, field=label_col if label_col else None,
+                                fix="give every record an intent label, or set data.label_column")
+            label = None
+        elif records and records[0].label is None:
+            raise DataError(path, "this record has a label but earlier ones have none", line=line, field=label_col,
+                            fix="label every record (training data) or none (prediction input)")
+    history = parse_history(row.get(history_col), path, line, history_col) if history_col else ()
+    rid = row.get(id_col) if id_col else None
+    rid = str(rid) if rid not in (None, "") else f"{path.name}:{line}"
+    domain = row.get("domain") if isinstance(row.get("domain"), str) else None
+    return IntentRecord(rid, text, label, history, line, domain)
 
 
 def check_known_labels(records: Sequence[IntentRecord], known: Sequence[str], path: str | Path,

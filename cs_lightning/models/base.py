@@ -60,6 +60,11 @@ class BackboneModule(pl.LightningModule):
         except OSError as err:  # the hub could not be reached or the files are incomplete
             raise not_found(model_name_or_path, [source.path, f"hub ({str(err).splitlines()[0][:120]})"]) from None
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # which class to rebuild, for tools that only get a checkpoint (cs-export, cs-chat)
+        checkpoint["cs_lightning"] = {"class_path": f"{type(self).__module__}.{type(self).__qualname__}",
+                                      "task": self.task}
+
     def configure_optimizers(self):
         hp = self.hparams
         groups = parameter_groups(self.named_parameters(), hp.weight_decay)
