@@ -21,7 +21,8 @@ from typing import Optional
 from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from cs_lightning.callbacks import BestAndLastCheckpoint, HParamsSummary, PredictionWriter, SaveArtifacts
+from cs_lightning.callbacks import (BestAndLastCheckpoint, HParamsSummary, IntentReport, PredictionWriter,
+                                    SaveArtifacts)
 from cs_lightning.errors import ConfigError, user_error
 
 LOG_DIR = "logs"
@@ -60,7 +61,8 @@ class CSLightningCLI(LightningCLI):
         parser.link_arguments("model.init_args.model_name_or_path", "data.init_args.tokenizer")
         parser.link_arguments("data.init_args.language", "model.init_args.language")
         # values known once the data is read; a user's own DataModule without them simply passes None
-        for attr, target in (("label_names", "labels"), ("tokenizer_path", "tokenizer_path"), ("rules_path", "rules_path")):
+        for attr, target in (("label_names", "labels"), ("label_counts", "label_counts"),
+                             ("tokenizer_path", "tokenizer_path"), ("rules_path", "rules_path")):
             parser.link_arguments("data", f"model.init_args.{target}", apply_on="instantiate",
                                   compute_fn=functools.partial(_attribute, name=attr))
 
@@ -144,6 +146,8 @@ class CSLightningCLI(LightningCLI):
             callbacks.append(HParamsSummary())
         if self.subcommand == "predict":
             callbacks.append(PredictionWriter(cfg.predict_output))
+        if self.subcommand == "test" and not any(isinstance(c, IntentReport) for c in callbacks):
+            callbacks.append(IntentReport())
         cfg.trainer.callbacks = callbacks
         return super().instantiate_trainer(**kwargs)
 

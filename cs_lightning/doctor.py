@@ -498,6 +498,10 @@ def run_check(fn: Check, options: Options) -> CheckResult:
         return fn(options)
     except (Exception, SystemExit) as err:
         status = FAIL if getattr(fn, "hard", False) else WARN
+        if isinstance(err, ImportError):  # e.g. the GPU checks without torch: the missing module has its own row
+            missing = err.name or "the missing module"
+            return CheckResult(name, status, f"could not run: {type(err).__name__}: {err}",
+                               f"install {missing} (see its own row), then run cs-doctor again")
         return CheckResult(name, status, f"the check crashed: {type(err).__name__}: {err}", CRASH_FIX)
 
 

@@ -13,6 +13,9 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from cs_lightning.errors import CSLightningError
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
@@ -22,6 +25,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes owner-only files; give the file the usual permissions
     try:
         yield tmp
         os.replace(tmp, path)

@@ -167,3 +167,32 @@ def test_every_config_trains_a_fast_dev_run(config, monkeypatch):
     main(["fit", "--config", str(config), "--trainer.fast_dev_run=true", "--trainer.enable_progress_bar=false",
           "--trainer.logger=false", "--model.init_args.model_size=tiny" if "pretrained: false" in config.read_text()
           else "--trainer.enable_model_summary=false", f"--checkpoint.dirpath={Path(os.environ['CS_LIGHTNING_CACHE'])}"])
+
+
+def test_report_numbers_on_a_hand_built_confusion_case():
+    from cs_lightning.models.intent import per_class_report
+
+    # gold a: 3 right, 1 as b; gold b: 2 right; gold c: 1 as a, 1 right
+    matrix = torch.tensor([[3, 1, 0], [0, 2, 0], [1, 0, 1]], dtype=torch.float)
+    report = per_class_report(matrix, ["a", "b", "c"])
+    a, b, c = (report["per_class"][k] for k in "abc")
+    assert (a["precision"], a["recall"], a["support"]) == (0.75, 0.75, 4)
+    assert (b["precision"], b["recall"]) == (pytest.approx(2 / 3), 1.0) and b["f1"] == pytest.approx(0.8)
+    assert (c["precision"], c["recall"], c["f1"]) == (1.0, 0.5, pytest.approx(2 / 3))
+    assert report["accuracy"] == pytest.approx(6 / 8)
+    assert report["f1_macro"] == pytest.approx((0.75 + 0.8 + 2 / 3) / 3)
+
+
+def test_test_writes_report_and_misclassified_examples(tmp_path, capsys):
+    files = tiny_intent_files(tmp_path / "data")
+    args = tiny_args(files, "bert", "--trainer.max_epochs=1", "--experiment=report", "--model.class_weights=true")
+    main(["fit", *args])
+    main(["test", *args, "--ckpt_path=last"])
+    out = capsys.readouterr().out
+    assert "lowest F1" in out and "intent" in out
+    folder = sorted(Path("logs/report").glob("version_*"))[-1]
+    report = json.loads((folder / "test_report.json").read_text())
+    assert set(report["per_class"]) == {"delivery", "login", "refund"} and report["examples"] == 3
+    wrong = [json.loads(line) for line in (folder / "misclassified.jsonl").read_text().splitlines()]
+    assert len(wrong) == round(3 * (1 - report["accuracy"]))
+    assert all(row["text"] and row["gold"] != row["predicted"] for row in wrong)

@@ -2,6 +2,7 @@
 
 import functools
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -133,3 +134,15 @@ def test_pip_check_conflicts_are_a_warning(monkeypatch):
     assert row.status == "warn"
     assert "foo 1.0 has requirement bar>=2" in row.value
     assert row.fix
+
+
+def test_without_torch_every_check_still_reports(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch now raises ImportError
+    rows = {fn.check_name: doctor.run_check(fn, doctor.Options()) for fn in
+            (doctor.check_torch, doctor.check_cuda, doctor.check_tiny_pass, doctor.check_cpu)}
+    assert rows["torch"].status == "FAIL" and "not importable" in rows["torch"].value
+    assert "pip install torch" in rows["torch"].fix
+    assert rows["cuda"].status == "warn" and "install torch" in rows["cuda"].fix
+    assert rows["tiny pass"].status == "FAIL"
+    assert rows["cpu cores"].status in ("ok", "warn")
+    assert doctor.exit_code(list(rows.values())) == 1

@@ -71,7 +71,8 @@ def test_json_compares_the_runs(logs, capsys):
     records = {record["run"]: record for record in json.loads(out)}
     assert list(records) == list(RUNS)
     base, freeze = records["bert_base/version_0"], records["bert_freeze/version_1"]
-    assert (base["experiment"], base["version"], base["backbone"], base["domain"]) == ("bert_base", 0, "bert", "ecommerce")
+    identity = (base["experiment"], base["version"], base["backbone"], base["domain"])
+    assert identity == ("bert_base", 0, "bert", "ecommerce")
     assert freeze["version"] == 1
     # only the real differences: the logger, checkpoint folder, outputs, experiment and config paths are noise
     assert base["config_diff"] == {"model.init_args.learning_rate": 1e-4, "trainer.callbacks": None}

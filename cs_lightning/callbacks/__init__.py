@@ -3,6 +3,7 @@
 from cs_lightning.callbacks.artifacts import HParamsSummary, PredictionWriter, SaveArtifacts
 from cs_lightning.callbacks.checkpoint import BestAndLastCheckpoint
 from cs_lightning.callbacks.freezing import FreezeLayers, GradualUnfreezing
+from cs_lightning.callbacks.report import IntentReport
 
-__all__ = ["BestAndLastCheckpoint", "FreezeLayers", "GradualUnfreezing", "HParamsSummary", "PredictionWriter",
-           "SaveArtifacts"]
+__all__ = ["BestAndLastCheckpoint", "FreezeLayers", "GradualUnfreezing", "HParamsSummary", "IntentReport",
+           "PredictionWriter", "SaveArtifacts"]

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Sequence
 
@@ -122,6 +122,7 @@ class CSDataModule(pl.LightningDataModule):
         self.records: dict[str, list] = {}
         self.datasets: dict[str, TokenizedDataset] = {}
         self.label_names: list[str] | None = None
+        self.label_counts: list[int] | None = None
         self.backbone = get_backbone(backbone)
         if task not in self.backbone.supported_tasks:
             raise ConfigError("model.backbone", f"backbone '{backbone}' does not support task '{task}'",
@@ -162,6 +163,8 @@ class CSDataModule(pl.LightningDataModule):
                 raise DataError(files["train"], f"only one label ({self.label_names[0]!r}) in the training data",
                                 field="label", fix="an intent classifier needs at least two intents")
             self.records["train"] = self._carve(train, lambda r: r.label)
+            counts = Counter(r.label for r in self.records["train"])
+            self.label_counts = [counts[name] for name in self.label_names]
         for split in ("val", "test"):
             if files[split]:
                 records = read_intent_records(files[split], self.columns, labelled=True)
@@ -214,7 +217,20 @@ class CSDataModule(pl.LightningDataModule):
         return path
 
     # ------------------------------------------------------------------ Lightning hooks
+    def label_summary(self) -> str:
+        """One line on the training label distribution (imbalance shows here first)."""
+        if not self.label_counts:
+            return ""
+        pairs = sorted(zip(self.label_counts, self.label_names))
+        total = sum(self.label_counts)
+        (low, low_name), (high, high_name) = pairs[0], pairs[-1]
+        return (f"Labels: {len(pairs)} in {total} training examples; fewest {low} ({low_name}), most {high} "
+                f"({high_name}), ratio {high / max(low, 1):.1f}" + ("; consider model.class_weights: true"
+                                                                    if high >= 10 * low else ""))
+
     def setup(self, stage: str | None = None) -> None:
+        if stage == "fit" and "train" not in self.datasets and self.label_counts:
+            rank_zero_info(self.label_summary())
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
         for split in wanted.get(stage, ("train", "val", "test", "predict")):
             if split in self.records and split not in self.datasets:

@@ -4,10 +4,26 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
 
 from cs_lightning.errors import ConfigError
 from cs_lightning.models.base import BackboneModule
+
+
+def per_class_report(matrix: torch.Tensor, labels: list[str]) -> dict:
+    """Precision, recall, F1 and support per label, from a confusion matrix (rows gold, columns predicted)."""
+    tp = matrix.diag()
+    support, predicted = matrix.sum(1), matrix.sum(0)
+    precision = torch.where(predicted > 0, tp / predicted.clamp(min=1), torch.zeros_like(tp))
+    recall = torch.where(support > 0, tp / support.clamp(min=1), torch.zeros_like(tp))
+    f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall).clamp(min=1e-12),
+                     torch.zeros_like(tp))
+    rows = {name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(n)}
+            for name, p, r, f, n in zip(labels, precision, recall, f1, support)}
+    present = support > 0
+    return {"accuracy": float(tp.sum() / matrix.sum().clamp(min=1)),
+            "f1_macro": float(f1[present].mean()) if present.any() else 0.0,
+            "examples": int(matrix.sum()), "per_class": rows, "confusion": matrix.long().tolist()}
 
 
 class IntentClassifier(BackboneModule):
@@ -25,7 +41,9 @@ class IntentClassifier(BackboneModule):
         config_overrides: Hugging Face config attributes to change, e.g. ``{hidden_dropout_prob: 0.2}``.
         label_smoothing: cross-entropy label smoothing.
         top_k: alternatives reported with each prediction.
+        class_weights: weight the loss by inverse label frequency in the training data (imbalanced data).
         labels: the intent names, in class-index order; set by the CLI from the data module.
+        label_counts: training examples per label, in class-index order; set by the CLI from the data module.
         tokenizer_path: the tokenizer folder or hub id; set by the CLI from the data module.
     """
 
@@ -34,7 +52,8 @@ class IntentClassifier(BackboneModule):
     def __init__(self, backbone: str = "bert", model_name_or_path: str | None = None, pretrained: bool = True,
                  learning_rate: float = 5e-5, weight_decay: float = 0.01, warmup_ratio: float = 0.1,
                  model_size: str = "small", config_overrides: dict | None = None, label_smoothing: float = 0.0,
-                 top_k: int = 3, labels: list[str] | None = None, tokenizer_path: str | None = None):
+                 top_k: int = 3, class_weights: bool = False, labels: list[str] | None = None,
+                 label_counts: list[int] | None = None, tokenizer_path: str | None = None):
         super().__init__()
         if not labels or len(labels) < 2:
             raise ConfigError("model.labels", "an intent classifier needs at least two label names",
@@ -49,7 +68,17 @@ class IntentClassifier(BackboneModule):
         self.val_f1 = MulticlassF1Score(n, average="macro")
         self.test_acc = MulticlassAccuracy(n, average="micro")
         self.test_f1 = MulticlassF1Score(n, average="macro")
-        self.test_f1_per_class = MulticlassF1Score(n, average=None)
+        self.test_confusion = MulticlassConfusionMatrix(n)  # streaming: per-class figures come from it
+        self.test_report: dict | None = None
+        self.misclassified: list[dict] = []
+        weights = None
+        if class_weights:
+            if not label_counts or len(label_counts) != n:
+                raise ConfigError("model.class_weights", "needs the training label counts",
+                                  "use a cs-lightning DataModule with data.train_file (cs-train links the counts)")
+            counts = torch.tensor(label_counts, dtype=torch.float).clamp(min=1)
+            weights = counts.sum() / (n * counts)
+        self.register_buffer("loss_weights", weights, persistent=False)
 
     @property
     def labels(self) -> list[str]:
@@ -63,7 +92,8 @@ class IntentClassifier(BackboneModule):
         return self.model(input_ids=input_ids, **kwargs).logits
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits.float(), labels, label_smoothing=self.hparams.label_smoothing)
+        return F.cross_entropy(logits.float(), labels, weight=self.loss_weights,
+                               label_smoothing=self.hparams.label_smoothing)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         logits = self(**self.model_inputs(batch))
@@ -82,7 +112,13 @@ class IntentClassifier(BackboneModule):
         self.log(f"{stage}/acc", acc, on_epoch=True, prog_bar=True, batch_size=n)
         self.log(f"{stage}/f1_macro", f1, on_epoch=True, prog_bar=stage == "val", batch_size=n)
         if stage == "test":
-            self.test_f1_per_class.update(preds, labels)
+            self.test_confusion.update(preds, labels)
+            wrong = (preds != labels).nonzero().flatten().tolist()
+            if wrong:  # only the errors are kept, a few per batch
+                conf = logits.float().softmax(-1).max(-1).values
+                names = self.labels
+                self.misclassified += [{"id": batch["ids"][i], "gold": names[labels[i]], "predicted": names[preds[i]],
+                                        "confidence": round(float(conf[i]), 4)} for i in wrong]
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._evaluate(batch, "val", self.val_acc, self.val_f1)
@@ -90,11 +126,16 @@ class IntentClassifier(BackboneModule):
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._evaluate(batch, "test", self.test_acc, self.test_f1)
 
+    def on_test_epoch_start(self) -> None:
+        self.misclassified = []
+        self.test_report = None
+
     def on_test_epoch_end(self) -> None:
-        scores = self.test_f1_per_class.compute()
-        for name, score in zip(self.labels, scores):
-            self.log(f"test/f1/{name}", score)
-        self.test_f1_per_class.reset()
+        matrix = self.test_confusion.compute().float()  # rows: gold, columns: predicted
+        self.test_confusion.reset()
+        self.test_report = per_class_report(matrix, self.labels)
+        for name, row in self.test_report["per_class"].items():
+            self.log(f"test/f1/{name}", row["f1"])
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
         """One dict per input: its id, the predicted label, its confidence and the top-k alternatives."""
