@@ -38,7 +38,7 @@ def build(device: str):
     holder = _Holder()
     holder.backbone = backbone
     holder.model = backbone.load_model("intent", None, False, tokenizer, labels=[str(i) for i in range(77)],
-                                       size="base").to(device)
+                                       size="base", config_overrides={"vocab_size": 30522}).to(device)  # BERT-base
     return holder
 
 
@@ -50,7 +50,7 @@ def step_times(holder, frozen: bool, steps: int, batch: int, length: int, device
         FreezeLayers(num_frozen_blocks=10).freeze_before_training(holder)
     opt = torch.optim.AdamW([g for g in parameter_groups(holder.model.named_parameters(), 0.01) if g["params"]],
                             lr=1e-4)
-    ids = torch.randint(5, 2000, (batch, length), device=device)
+    ids = torch.randint(5, holder.model.config.vocab_size, (batch, length), device=device)
     labels = torch.randint(0, 77, (batch,), device=device)
     times = []
     for i in range(steps + 2):
