@@ -60,6 +60,7 @@ class CSLightningCLI(LightningCLI):
         parser.link_arguments("model.init_args.backbone", "data.init_args.backbone")
         parser.link_arguments("model.init_args.model_name_or_path", "data.init_args.tokenizer")
         parser.link_arguments("data.init_args.language", "model.init_args.language")
+        parser.link_arguments("data.init_args.oos_label", "model.init_args.oos_label")
         # values known once the data is read; a user's own DataModule without them simply passes None
         for attr, target in (("label_names", "labels"), ("label_counts", "label_counts"),
                              ("tokenizer_path", "tokenizer_path"), ("rules_path", "rules_path")):

@@ -1,7 +1,8 @@
 """``cs-data``: data tools.
 
 - ``cs-data import --format sgd|crosswoz SRC OUT.jsonl`` converts public dialogue datasets into cs-lightning's
-  dialogue JSON Lines.
+  dialogue JSON Lines; ``--format clinc150 data_full.json OUT_DIR`` writes CLINC150's intent splits (out-of-scope
+  examples labelled ``oos``) as ``OUT_DIR/{train,val,test}.jsonl``.
 - ``cs-data validate FILE [FILE ...] [--task intent|dialogue]`` checks files before training: every schema error
   (the readers' messages, with file and line), the label distribution, duplicate texts, and texts shared between
   the files given (train/test leakage). Exits 1 when there are errors."""
@@ -11,13 +12,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from cs_lightning.errors import CSLightningError
-from cs_lightning.importers import FORMATS, IMPORTERS
+from cs_lightning.importers import FORMATS, IMPORTERS, INTENT_IMPORTERS
 from cs_lightning.io import atomic_path
 
 
 def run_import(fmt: str, src: str, out: str) -> int:
+    if fmt in INTENT_IMPORTERS:  # OUT is a folder of train/val/test files
+        for split, rows in INTENT_IMPORTERS[fmt](src).items():
+            with atomic_path(Path(out) / f"{split}.jsonl") as tmp, open(tmp, "w", encoding="utf-8") as f:
+                f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+            print(f"cs-data: wrote {len(rows)} records to {Path(out) / f'{split}.jsonl'}")
+        return 0
     count = turns = 0
     with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for dialogue in IMPORTERS[fmt](src):
@@ -98,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     imp = sub.add_parser("import", help="convert a public dialogue dataset into dialogue JSON Lines")
     imp.add_argument("--format", required=True, choices=FORMATS)
     imp.add_argument("src", help="dataset file, zip or folder")
-    imp.add_argument("out", help="output .jsonl")
+    imp.add_argument("out", help="output .jsonl (clinc150: a folder for train/val/test.jsonl)")
     val = sub.add_parser("validate", help="check data files: schema errors, labels, duplicates, leakage")
     val.add_argument("files", nargs="+", help="one or more files (e.g. train and test, to check for leakage)")
     val.add_argument("--task", choices=["intent", "dialogue"], default="intent")

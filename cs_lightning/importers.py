@@ -4,6 +4,7 @@
   services (``Banks_1``, ``Restaurants_1+Events_2``), the intent the first active intent of the user.
 - ``crosswoz``: CrossWOZ (a ``*.json`` file, or the upstream ``*.json.zip``); the domain is the dialogue's domains
   in order of appearance (``餐馆+酒店``).
+- ``clinc150``: CLINC150 intents (``data_full.json``) into train/val/test intent files, out-of-scope as ``oos``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Iterator
 
 from cs_lightning.errors import DataError
 
-FORMATS = ("sgd", "crosswoz")
+FORMATS = ("sgd", "crosswoz", "clinc150")
 
 
 def _load_json(path: Path):
@@ -84,4 +85,24 @@ def import_crosswoz(src: str | Path) -> Iterator[dict]:
                     from None
 
 
-IMPORTERS = {"sgd": import_sgd, "crosswoz": import_crosswoz}
+def import_clinc150(src: str | Path) -> dict[str, list[dict]]:
+    """CLINC150 ``data_full.json`` (or ``data_small.json``...): intent splits with the out-of-scope examples folded
+    in under the label ``oos``. Returns ``{"train": [...], "val": [...], "test": [...]}`` of intent records."""
+    path = Path(src)
+    data = _load_json(path)
+    if not isinstance(data, dict) or not {"train", "val", "test"} <= set(data):
+        raise DataError(path, "expected an object with train, val and test lists", fix="give CLINC150's data_full.json")
+    splits = {}
+    for split in ("train", "val", "test"):
+        rows = []
+        for key in (split, f"oos_{split}"):
+            for i, pair in enumerate(data.get(key, [])):
+                if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
+                    raise DataError(path, f"{key}[{i}] is not a [text, label] pair", fix="give an unmodified file")
+                rows.append({"id": f"{key}-{i}", "text": pair[0], "label": pair[1]})
+        splits[split] = rows
+    return splits
+
+
+IMPORTERS = {"sgd": import_sgd, "crosswoz": import_crosswoz}  # dialogue formats
+INTENT_IMPORTERS = {"clinc150": import_clinc150}

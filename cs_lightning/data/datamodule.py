@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Sequence
@@ -73,6 +74,10 @@ class CSDataModule(pl.LightningDataModule):
         generate_samples: reply: validation/test examples that get a generated reply (a fixed, seeded sample).
         dialogue_format: reply: ``jsonl`` (ours), or read a public dataset as it is: ``sgd`` (Schema-Guided
             Dialogue files or folder), ``crosswoz`` (CrossWOZ json or json.zip).
+        oos_label: intent: the out-of-scope label (``oos``, ``fallback``): allowed in val/test even when train has
+            none; the model answers it when unsure (see ``IntentClassifier.oos_target``).
+        holdout_intents: intent: remove this many intents (chosen with ``seed``) from training and relabel them
+            ``oos_label`` in val and test, to measure out-of-scope detection on any intent dataset.
         val_fraction: share carved from train for validation when ``val_file`` is not given.
         test_fraction: share carved from train for testing when ``test_file`` is not given (default: none).
         seed: seed of the validation carve, the generation sample and the batch order.
@@ -98,6 +103,7 @@ class CSDataModule(pl.LightningDataModule):
                  max_history_turns: int = 4, max_context_tokens: int = 192, max_reply_tokens: int = 64,
                  domain_prefix: bool = True, rules_file: str | None = None, generate_samples: int = 64,
                  dialogue_format: str = "jsonl",
+                 oos_label: str | None = None, holdout_intents: int = 0,
                  val_fraction: float = 0.1, test_fraction: float = 0.0, seed: int = 42, text_column: str | None = None,
                  label_column: str | None = None, history_column: str | None = None, id_column: str | None = None,
                  group_by_length: bool = True, pad_to_multiple_of: int | None = None, num_workers: int = 0,
@@ -111,6 +117,8 @@ class CSDataModule(pl.LightningDataModule):
             raise ConfigError("data.language", f"unknown language {language!r}", f"use one of {', '.join(LANGUAGES)}")
         if batch_size < 1:
             raise ConfigError("data.batch_size", f"must be at least 1, got {batch_size}")
+        if holdout_intents and not oos_label:
+            raise ConfigError("data.holdout_intents", "needs data.oos_label", "set data.oos_label: oos")
         for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
             if not 0 <= value < 1:
                 raise ConfigError(f"data.{name}", f"must be in [0, 1), got {value}")
@@ -156,21 +164,35 @@ class CSDataModule(pl.LightningDataModule):
 
     def _read_intent_files(self) -> None:
         files = self.files
+        hp, oos = self.hparams, self.hparams.oos_label
+        self.held_out: list[str] = []
         if files["train"]:
             train = read_intent_records(files["train"], self.columns, labelled=True)
-            self.label_names = sorted({r.label for r in train})
+            names = sorted({r.label for r in train})
+            if hp.holdout_intents:
+                in_scope = [n for n in names if n != oos]
+                if hp.holdout_intents >= len(in_scope) - 1:
+                    raise ConfigError("data.holdout_intents", f"{hp.holdout_intents} of {len(in_scope)} intents",
+                                      "hold out fewer intents than the data has, leaving at least two")
+                self.held_out = sorted(random.Random(hp.seed).sample(in_scope, hp.holdout_intents))
+            train = self._carve(train, lambda r: r.label)  # stratified over every intent, held-out ones too
+            self.records["train"] = [r for r in train if r.label not in self.held_out]
+            self.label_names = sorted({r.label for r in self.records["train"]})
             if len(self.label_names) < 2:
                 raise DataError(files["train"], f"only one label ({self.label_names[0]!r}) in the training data",
                                 field="label", fix="an intent classifier needs at least two intents")
-            self.records["train"] = self._carve(train, lambda r: r.label)
             counts = Counter(r.label for r in self.records["train"])
             self.label_counts = [counts[name] for name in self.label_names]
         for split in ("val", "test"):
             if files[split]:
                 records = read_intent_records(files[split], self.columns, labelled=True)
                 if self.label_names is not None:
-                    check_known_labels(records, self.label_names, files[split])
+                    check_known_labels(records, self.label_names + self.held_out, files[split],
+                                       allowed_extra=[oos] if oos else ())
                 self.records[split] = records
+            if self.held_out and split in self.records:  # held-out intents are out of scope in evaluation
+                self.records[split] = [replace(r, label=oos) if r.label in self.held_out else r
+                                       for r in self.records[split]]
         if files["predict"]:
             self.records["predict"] = read_intent_records(files["predict"], self.columns, labelled=False)
         self._require_some_files()
@@ -248,7 +270,8 @@ class CSDataModule(pl.LightningDataModule):
         labels = None
         if split != "predict" and self.label_names is not None:
             index = {name: i for i, name in enumerate(self.label_names)}
-            labels = [index[r.label] for r in records]
+            # an out-of-scope label the model has no class for gets the index after the last class
+            labels = [index.get(r.label, len(self.label_names)) for r in records]
         return TokenizedDataset(encoded, labels, [r.id for r in records])
 
     def _collator(self, generation: bool):

@@ -26,6 +26,34 @@ def per_class_report(matrix: torch.Tensor, labels: list[str]) -> dict:
             "examples": int(matrix.sum()), "per_class": rows, "confusion": matrix.long().tolist()}
 
 
+def fit_threshold(confidence: torch.Tensor, argmax: torch.Tensor, gold: torch.Tensor, oos_index: int,
+                  classes: int, target: str = "macro_f1") -> float:
+    """The out-of-scope confidence threshold that serves ``target`` best on these validation scores.
+
+    ``macro_f1``: the threshold with the best macro-F1 over all classes, out-of-scope included.
+    ``precision:P``: the lowest threshold whose accepted in-scope answers are right at least a share P of the time
+    (the most coverage at that precision); 1.0 (reject everything) if none reaches it.
+    """
+    candidates = torch.cat([torch.zeros(1, device=confidence.device), confidence.unique()])
+    best, best_score = 0.0, -1.0
+    for t in candidates.tolist():
+        preds = torch.where(confidence < t, torch.full_like(argmax, oos_index), argmax)
+        if target == "macro_f1":
+            matrix = torch.bincount(gold * classes + preds, minlength=classes * classes).reshape(classes, classes)
+            score = per_class_report(matrix.float(), [str(i) for i in range(classes)])["f1_macro"]
+        else:
+            accepted = preds != oos_index
+            if not bool(accepted.any()):
+                continue
+            precision = float((preds[accepted] == gold[accepted]).float().mean())
+            if precision >= float(target.split(":")[1]):
+                return t
+            continue
+        if score > best_score + 1e-12:
+            best, best_score = t, score
+    return best if target == "macro_f1" else 1.0
+
+
 class IntentClassifier(BackboneModule):
     """Fine-tunes a BERT, GPT or T5 (or any plugin's) backbone to recognise customer intents.
 
@@ -42,6 +70,11 @@ class IntentClassifier(BackboneModule):
         label_smoothing: cross-entropy label smoothing.
         top_k: alternatives reported with each prediction.
         class_weights: weight the loss by inverse label frequency in the training data (imbalanced data).
+        oos_label: the out-of-scope (fallback) label, linked from ``data.oos_label``: when the model's confidence is
+            below the threshold it answers this label. It needs no training examples.
+        oos_threshold: a fixed confidence threshold; None fits it on the validation set after every validation.
+        oos_target: what the fitted threshold optimises on validation: ``macro_f1`` (over the intents and
+            out-of-scope), or ``precision:0.95`` (the lowest threshold whose accepted in-scope answers are 95% right).
         labels: the intent names, in class-index order; set by the CLI from the data module.
         label_counts: training examples per label, in class-index order; set by the CLI from the data module.
         tokenizer_path: the tokenizer folder or hub id; set by the CLI from the data module.
@@ -52,7 +85,8 @@ class IntentClassifier(BackboneModule):
     def __init__(self, backbone: str = "bert", model_name_or_path: str | None = None, pretrained: bool = True,
                  learning_rate: float = 5e-5, weight_decay: float = 0.01, warmup_ratio: float = 0.1,
                  model_size: str = "small", config_overrides: dict | None = None, label_smoothing: float = 0.0,
-                 top_k: int = 3, class_weights: bool = False, labels: list[str] | None = None,
+                 top_k: int = 3, class_weights: bool = False, oos_label: str | None = None,
+                 oos_threshold: float | None = None, oos_target: str = "macro_f1", labels: list[str] | None = None,
                  label_counts: list[int] | None = None, tokenizer_path: str | None = None):
         super().__init__()
         if not labels or len(labels) < 2:
@@ -64,11 +98,21 @@ class IntentClassifier(BackboneModule):
         self.build_backbone(backbone, model_name_or_path, pretrained, tokenizer_path, model_size, config_overrides,
                             labels=list(labels))
         n = len(labels)
-        self.val_acc = MulticlassAccuracy(n, average="micro")
-        self.val_f1 = MulticlassF1Score(n, average="macro")
-        self.test_acc = MulticlassAccuracy(n, average="micro")
-        self.test_f1 = MulticlassF1Score(n, average="macro")
-        self.test_confusion = MulticlassConfusionMatrix(n)  # streaming: per-class figures come from it
+        if oos_target != "macro_f1" and not (oos_target.startswith("precision:") and
+                                             0 < float(oos_target.split(":")[1] or 0) <= 1):
+            raise ConfigError("model.oos_target", f"unknown target {oos_target!r}",
+                              "use macro_f1 or precision:0.95 (any value in (0, 1])")
+        # out-of-scope examples without a class of their own get the index after the last class
+        self.oos_index = None if not oos_label else (labels.index(oos_label) if oos_label in labels else n)
+        m = n + 1 if self.oos_index == n else n  # classes the metrics count
+        self.metric_names = list(labels) + ([oos_label] if m > n else [])
+        self.val_acc = MulticlassAccuracy(m, average="micro")
+        self.val_f1 = MulticlassF1Score(m, average="macro")
+        self.test_acc = MulticlassAccuracy(m, average="micro")
+        self.test_f1 = MulticlassF1Score(m, average="macro")
+        self.test_confusion = MulticlassConfusionMatrix(m)  # streaming: per-class figures come from it
+        self.register_buffer("threshold", torch.tensor(float(oos_threshold or 0.0)))  # saved in checkpoints
+        self._val_scores: list[torch.Tensor] = []  # (confidence, argmax, gold) per validation example, oos only
         self.test_report: dict | None = None
         self.misclassified: list[dict] = []
         weights = None
@@ -92,8 +136,18 @@ class IntentClassifier(BackboneModule):
         return self.model(input_ids=input_ids, **kwargs).logits
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        known = labels < logits.shape[-1]  # out-of-scope examples without a class have no loss
+        if not bool(known.all()):
+            logits, labels = logits[known], labels[known]
         return F.cross_entropy(logits.float(), labels, weight=self.loss_weights,
                                label_smoothing=self.hparams.label_smoothing)
+
+    def decide(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predicted class and confidence; below the out-of-scope threshold the prediction is ``oos_label``."""
+        confidence, preds = logits.float().softmax(-1).max(-1)
+        if self.oos_index is not None:
+            preds = torch.where(confidence < self.threshold, torch.full_like(preds, self.oos_index), preds)
+        return preds, confidence
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         logits = self(**self.model_inputs(batch))
@@ -105,20 +159,48 @@ class IntentClassifier(BackboneModule):
         logits = self(**self.model_inputs(batch))
         labels = batch["labels"]
         n = len(labels)
-        self.log(f"{stage}/loss", self._loss(logits, labels), on_epoch=True, batch_size=n, sync_dist=True)
-        preds = logits.argmax(-1)
-        acc.update(preds, labels)
-        f1.update(preds, labels)
-        self.log(f"{stage}/acc", acc, on_epoch=True, prog_bar=True, batch_size=n)
-        self.log(f"{stage}/f1_macro", f1, on_epoch=True, prog_bar=stage == "val", batch_size=n)
+        if bool((labels < logits.shape[-1]).any()):
+            self.log(f"{stage}/loss", self._loss(logits, labels), on_epoch=True, batch_size=n, sync_dist=True)
+        if stage == "val" and self.oos_index is not None and self.hparams.oos_threshold is None:
+            # the threshold is fitted at the end of validation; keep three numbers per example, not the logits
+            confidence, argmax = logits.float().softmax(-1).max(-1)
+            self._val_scores.append(torch.stack([confidence, argmax.float(), labels.float()], 1).detach())
+            return
+        preds, confidence = self.decide(logits)
+        self._update_metrics(stage, preds, labels)
         if stage == "test":
             self.test_confusion.update(preds, labels)
             wrong = (preds != labels).nonzero().flatten().tolist()
             if wrong:  # only the errors are kept, a few per batch
-                conf = logits.float().softmax(-1).max(-1).values
-                names = self.labels
+                names = self.metric_names
                 self.misclassified += [{"id": batch["ids"][i], "gold": names[labels[i]], "predicted": names[preds[i]],
-                                        "confidence": round(float(conf[i]), 4)} for i in wrong]
+                                        "confidence": round(float(confidence[i]), 4)} for i in wrong]
+
+    def _update_metrics(self, stage: str, preds: torch.Tensor, labels: torch.Tensor) -> None:
+        acc, f1 = (self.val_acc, self.val_f1) if stage == "val" else (self.test_acc, self.test_f1)
+        acc.update(preds, labels)
+        f1.update(preds, labels)
+        self.log(f"{stage}/acc", acc, on_epoch=True, prog_bar=True, batch_size=len(labels))
+        self.log(f"{stage}/f1_macro", f1, on_epoch=True, prog_bar=stage == "val", batch_size=len(labels))
+        if self.oos_index is not None:
+            is_oos = labels == self.oos_index
+            for name, hits, total in (("in_scope_acc", (preds == labels) & ~is_oos, ~is_oos),
+                                      ("recall", (preds == labels) & is_oos, is_oos)):
+                if bool(total.any()):
+                    self.log(f"oos/{stage}_{name}", hits.sum() / total.sum(), on_epoch=True, reduce_fx="mean",
+                             batch_size=int(total.sum()))
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val_scores:
+            return
+        scores = self.all_gather(torch.cat(self._val_scores)).reshape(-1, 3)
+        self._val_scores = []
+        confidence, argmax, gold = scores[:, 0], scores[:, 1].long(), scores[:, 2].long()
+        self.threshold.fill_(fit_threshold(confidence, argmax, gold, self.oos_index, len(self.metric_names),
+                                           self.hparams.oos_target))
+        self.log("oos/threshold", self.threshold, sync_dist=False)
+        preds = torch.where(confidence < self.threshold, torch.full_like(argmax, self.oos_index), argmax)
+        self._update_metrics("val", preds, gold)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._evaluate(batch, "val", self.val_acc, self.val_f1)
@@ -133,20 +215,24 @@ class IntentClassifier(BackboneModule):
     def on_test_epoch_end(self) -> None:
         matrix = self.test_confusion.compute().float()  # rows: gold, columns: predicted
         self.test_confusion.reset()
-        self.test_report = per_class_report(matrix, self.labels)
+        self.test_report = per_class_report(matrix, self.metric_names)
+        if self.oos_index is not None:
+            self.test_report["oos_threshold"] = float(self.threshold)
         for name, row in self.test_report["per_class"].items():
             self.log(f"test/f1/{name}", row["f1"])
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
         """One dict per input: its id, the predicted label, its confidence and the top-k alternatives."""
-        probs = self(**self.model_inputs(batch)).float().softmax(-1)
+        logits = self(**self.model_inputs(batch))
+        preds, _ = self.decide(logits)
+        probs = logits.float().softmax(-1)
         k = min(self.hparams.top_k, probs.shape[-1])
         conf, idx = probs.topk(k, dim=-1)
-        conf, idx = conf.cpu().tolist(), idx.cpu().tolist()
-        names = self.labels
-        return [{"id": rid, "label": names[i[0]], "confidence": c[0],
-                 "top_k": [{"label": names[j], "confidence": p} for j, p in zip(i, c)]}
-                for rid, i, c in zip(batch["ids"], idx, conf)]
+        conf, idx, preds = conf.cpu().tolist(), idx.cpu().tolist(), preds.cpu().tolist()
+        names, metric_names = self.labels, self.metric_names
+        return [{"id": rid, "label": metric_names[p], "confidence": c[0],
+                 "top_k": [{"label": names[j], "confidence": q} for j, q in zip(i, c)]}
+                for rid, p, i, c in zip(batch["ids"], preds, idx, conf)]
 
     @torch.no_grad()
     def predict_texts(self, texts: list[str], max_length: int = 128) -> list[str]:
@@ -155,6 +241,6 @@ class IntentClassifier(BackboneModule):
         enc = {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
         was_training = self.training
         self.eval()
-        preds = self(**enc).argmax(-1).tolist()
+        preds = self.decide(self(**enc))[0].tolist()
         self.train(was_training)
-        return [self.labels[i] for i in preds]
+        return [self.metric_names[i] for i in preds]
