@@ -111,7 +111,8 @@ class IntentClassifier(BackboneModule):
         self.test_acc = MulticlassAccuracy(m, average="micro")
         self.test_f1 = MulticlassF1Score(m, average="macro")
         self.test_confusion = MulticlassConfusionMatrix(m)  # streaming: per-class figures come from it
-        self.register_buffer("threshold", torch.tensor(float(oos_threshold or 0.0)))  # saved in checkpoints
+        if self.oos_index is not None:  # saved in checkpoints (only out-of-scope models have one)
+            self.register_buffer("threshold", torch.tensor(float(oos_threshold or 0.0)))
         self._val_scores: list[torch.Tensor] = []  # (confidence, argmax, gold) per validation example, oos only
         self.test_report: dict | None = None
         self.misclassified: list[dict] = []
