@@ -77,7 +77,8 @@ def export(ckpt_path: str | Path, out_dir: str | Path) -> Path:
             from cs_lightning.data.dialogue import SPECIAL_MARKERS
 
             info.update(reply_kind=module.backbone.reply_kind, speaker_markers=SPECIAL_MARKERS,
-                        prompt_format="[<domain>:] <|user|> text <|agent|> text ... <|agent|>",
+                        prompt_format="[<domain>:]<|user|> text<|agent|> text<|user|> text<|agent|> (no spaces "
+                                      "around the markers; cs_lightning.data.encoding.encode_replies builds it)",
                         **{k: data[k] for k in ("max_context_tokens", "max_history_turns", "domain_prefix",
                                                 "language") if k in data})
         (tmp / "cs_lightning.json").write_text(json.dumps(info, indent=2, ensure_ascii=False), encoding="utf-8")

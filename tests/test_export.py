@@ -63,8 +63,14 @@ def test_reply_export_generates_what_the_checkpoint_generates(tmp_path, backbone
     info = json.loads((out / "cs_lightning.json").read_text())
     auto = AutoModelForCausalLM if info["reply_kind"] == "causal" else AutoModelForSeq2SeqLM
     model, tok = auto.from_pretrained(str(out)).eval(), AutoTokenizer.from_pretrained(str(out))
-    prompt = "shop: <|user|> where is my parcel <|agent|>"
-    ids = tok(prompt, return_tensors="pt", add_special_tokens=info["reply_kind"] != "causal")["input_ids"]
+    # the prompt exactly as cs-lightning builds it (cs_lightning.json documents the same format)
+    from cs_lightning.data.dialogue import ReplyExample
+    from cs_lightning.data.encoding import encode_replies
+
+    enc = encode_replies(tok, [ReplyExample("x", "shop", tuple(context), None)], info["reply_kind"], 192, 1, 6, True)
+    ids = enc["input_ids"].long().unsqueeze(0)
+    if info["reply_kind"] == "causal":
+        assert tok.decode(ids[0]) == "shop:<|user|> where is my parcel<|agent|>"  # the documented format
     with torch.no_grad():
         generated = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids))
     if info["reply_kind"] == "causal":
@@ -78,3 +84,17 @@ def test_export_of_a_missing_checkpoint_is_one_line(tmp_path, capsys):
         cs_export([str(tmp_path / "nope.ckpt"), str(tmp_path / "out")])
     assert exit_.value.code == 2
     assert capsys.readouterr().err.strip().count("\n") == 0
+
+
+def test_export_best_at_the_end_of_fit(tmp_path):
+    from cs_lightning.callbacks import ExportBest
+    from cs_lightning.cli import CSLightningCLI
+
+    files = tiny_intent_files(tmp_path / "data")
+    args = ["--model", "cs_lightning.models.IntentClassifier", "--model.backbone=bert", "--model.pretrained=false",
+            "--model.model_size=tiny", "--data", "cs_lightning.data.IntentDataModule",
+            f"--data.train_file={files['train']}", f"--data.val_file={files['val']}", "--data.batch_size=4",
+            "--trainer.max_epochs=1", "--trainer.enable_progress_bar=false", "--experiment=auto"]
+    cli = CSLightningCLI(args=args, run=False, trainer_defaults={"callbacks": [ExportBest(str(tmp_path / "auto"))]})
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert (tmp_path / "auto" / "model.safetensors").exists() and (tmp_path / "auto" / "tokenizer.json").exists()

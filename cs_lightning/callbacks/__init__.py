@@ -1,9 +1,9 @@
 """Callbacks: checkpointing, layer freezing, artifacts written beside checkpoints (tokenizer, predictions)."""
 
-from cs_lightning.callbacks.artifacts import HParamsSummary, PredictionWriter, SaveArtifacts
+from cs_lightning.callbacks.artifacts import ExportBest, HParamsSummary, PredictionWriter, SaveArtifacts
 from cs_lightning.callbacks.checkpoint import BestAndLastCheckpoint
 from cs_lightning.callbacks.freezing import FreezeLayers, GradualUnfreezing
 from cs_lightning.callbacks.report import IntentReport
 
-__all__ = ["BestAndLastCheckpoint", "FreezeLayers", "GradualUnfreezing", "HParamsSummary", "IntentReport",
+__all__ = ["BestAndLastCheckpoint", "ExportBest", "FreezeLayers", "GradualUnfreezing", "HParamsSummary", "IntentReport",
            "PredictionWriter", "SaveArtifacts"]

@@ -114,3 +114,30 @@ class HParamsSummary(Callback):
 
     def on_test_end(self, trainer, pl_module) -> None:
         self._write(trainer, pl_module)
+
+
+class ExportBest(Callback):
+    """Exports the best checkpoint (or the last, when none is monitored) as a Hugging Face folder when fitting ends,
+    exactly as ``cs-export`` does::
+
+        trainer:
+          callbacks:
+            - class_path: cs_lightning.callbacks.ExportBest
+              init_args: {output_dir: exported/bert_intent}
+
+    Args:
+        output_dir: the folder to write (replaced whole).
+    """
+
+    def __init__(self, output_dir: str):
+        self.output_dir = output_dir
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        ckpt = trainer.checkpoint_callback
+        path = (getattr(ckpt, "best_model_path", "") or getattr(ckpt, "last_model_path", "")) if ckpt else ""
+        if not path or not trainer.is_global_zero:
+            return
+        from cs_lightning.export import export
+
+        export(path, self.output_dir)
+        print(f"Exported {path} to {self.output_dir}")
