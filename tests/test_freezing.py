@@ -78,6 +78,9 @@ def test_gradual_unfreezing_adds_groups_with_decayed_lr(tmp_path):
     assert callback.unfrozen == 2
     embeddings = cli.model.model.bert.embeddings
     assert not any(p.requires_grad for p in embeddings.parameters()) and not embeddings.training
+    layers = cli.model.model.bert.encoder.layer
+    assert layers[1].training and layers[0].training  # unfrozen blocks train with dropout again
+    assert [g.name for g in callback.frozen] == ["embeddings"]
     # every group follows the same decay schedule
     ratios = [g["lr"] / g["initial_lr"] for g in groups]
     assert max(ratios) - min(ratios) < 1e-9

@@ -193,7 +193,7 @@ class GradualUnfreezing(_Freezing):
             for scheduler in schedulers:
                 self._extend_scheduler(scheduler, optimizer)
             self.unfrozen += 1
-            self.frozen = [g for g in self.frozen if g is not group]
+            self.frozen = [g for g in self.frozen if g.name != group.name]  # groups are rebuilt on each call
             rank_zero_info(f"GradualUnfreezing: epoch {epoch}: unfroze {group.name} at lr {base_lr:.3g}")
             self.log_counts(trainer, pl_module, f"epoch {epoch}")
 
