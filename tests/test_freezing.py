@@ -1,7 +1,6 @@
 """Freezing callbacks for every backbone family, through the plugins' layer groups."""
 
 import pytest
-import torch
 
 from conftest import tiny_intent_files
 from cs_lightning.callbacks.freezing import FreezeLayers, GradualUnfreezing

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from cs_lightning.data.batching import (LengthGroupedBatchSampler, PadCollator, ReplyCollator, TokenizedDataset)
 from cs_lightning.data.dialogue import SPECIAL_MARKERS, prediction_examples, read_dialogues, reply_examples
 from cs_lightning.data.encoding import cached_encode, cached_encode_replies
-from cs_lightning.data.schema import ColumnMap, IntentRecord, check_known_labels, read_intent_records
+from cs_lightning.data.schema import ColumnMap, check_known_labels, read_intent_records
 from cs_lightning.errors import ConfigError, DataError
 from cs_lightning.pretrained import resolve_model
 from cs_lightning.registry import get_backbone

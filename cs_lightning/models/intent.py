@@ -156,7 +156,7 @@ class IntentClassifier(BackboneModule):
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(batch["labels"]))
         return loss
 
-    def _evaluate(self, batch: dict, stage: str, acc, f1) -> None:
+    def _evaluate(self, batch: dict, stage: str) -> None:
         logits = self(**self.model_inputs(batch))
         labels = batch["labels"]
         n = len(labels)
@@ -204,10 +204,10 @@ class IntentClassifier(BackboneModule):
         self._update_metrics("val", preds, gold)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate(batch, "val", self.val_acc, self.val_f1)
+        self._evaluate(batch, "val")
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate(batch, "test", self.test_acc, self.test_f1)
+        self._evaluate(batch, "test")
 
     def on_test_epoch_start(self) -> None:
         self.misclassified = []

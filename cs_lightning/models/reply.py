@@ -3,7 +3,6 @@ the loss on the reply tokens only, evaluated on perplexity, BLEU, ROUGE-L, chrF 
 
 from __future__ import annotations
 
-import math
 import re
 
 import torch
