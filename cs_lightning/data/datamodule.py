@@ -13,6 +13,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
+from cs_lightning.backbones.base import TASKS
 from cs_lightning.data.batching import (LengthGroupedBatchSampler, PadCollator, ReplyCollator, TokenizedDataset)
 from cs_lightning.data.dialogue import SPECIAL_MARKERS, prediction_examples, read_dialogues, reply_examples
 from cs_lightning.data.encoding import cached_encode, cached_encode_replies
@@ -24,7 +25,6 @@ from cs_lightning.rules import BusinessRules
 from cs_lightning.tokenization import add_marker_tokens, train_tokenizer
 
 LANGUAGES = ("en", "zh")
-TASKS = ("intent", "reply")
 DEMO_ROOT = Path(__file__).parent / "demo"
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from tokenizers import Encoding
 
 from cs_lightning.data.dialogue import SPECIAL_MARKERS, TEXT_MARKERS, ContextBuilder, ReplyExample
 from cs_lightning.data.schema import IntentRecord
@@ -33,14 +34,18 @@ def encode_records(tokenizer, records: Sequence[IntentRecord], max_length: int, 
         builder = ContextBuilder(tokenizer, max_turns=max_history_turns, markers=TEXT_MARKERS)
         for i in with_history:
             ids[i], types[i] = builder.message_with_history(records[i].text, records[i].history, max_length)
-    lengths = torch.tensor([len(x) for x in ids], dtype=torch.long)
-    result = {
-        "input_ids": torch.tensor([t for x in ids for t in x], dtype=torch.int32),
-        "offsets": torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)]),
-    }
+    result = {}
+    result["input_ids"], result["offsets"] = _flat(ids)
     if want_types:
-        result["token_type_ids"] = torch.tensor([t for x in types for t in x], dtype=torch.int8)
+        result["token_type_ids"] = _flat(types, torch.int8)[0]
     return result
+
+
+def _flat(rows: list[list[int]], dtype: torch.dtype = torch.int32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of ids as one flat tensor plus offsets (row i is ``flat[offsets[i]:offsets[i + 1]]``)."""
+    lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
+    flat = torch.tensor([t for r in rows for t in r], dtype=dtype)
+    return flat, torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
 
 
 def _cached(key_parts: list, compute, cache_dir: str | Path | None) -> dict:
@@ -69,12 +74,6 @@ def cached_encode(tokenizer, records: Sequence[IntentRecord], max_length: int, m
     return _cached(parts, lambda: encode_records(tokenizer, records, max_length, max_history_turns), cache_dir)
 
 
-def _flat(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
-    flat = torch.tensor([t for r in rows for t in r], dtype=torch.int32)
-    return flat, torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
-
-
 def encode_replies(tokenizer, examples: Sequence[ReplyExample], kind: str, max_context_tokens: int,
                    max_reply_tokens: int, max_history_turns: int, domain_prefix: bool) -> dict:
     """Token ids of reply examples.
@@ -97,8 +96,6 @@ def encode_replies(tokenizer, examples: Sequence[ReplyExample], kind: str, max_c
             inputs.append(prompt + reply)
             prompt_lengths.append(len(prompt))
         else:
-            from tokenizers import Encoding
-
             budget = max_context_tokens - len(agent) - builder.specials[False]
             context = builder.context_encoding(ex.context, budget, ex.domain)
             merged = Encoding.merge([context, agent], growing_offsets=True) if context is not None else agent
