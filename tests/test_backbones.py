@@ -31,7 +31,7 @@ def test_tiny_model_trains(name):
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses = []
-    for _ in range(25):
+    for _ in range(60):  # tiny BERT (pooler + dropout) needs more than 25 steps on some seeds
         loss = torch.nn.functional.cross_entropy(model(**batch).logits, labels)
         opt.zero_grad()
         loss.backward()
