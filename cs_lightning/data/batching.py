@@ -6,7 +6,7 @@ import math
 from typing import Iterator, Sequence
 
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
 
 class TokenizedDataset(Dataset):
@@ -66,14 +66,24 @@ class TokenizedDataset(Dataset):
         return TokenizedDataset(enc, labels, [self.record_ids[i] for i in indices], extras)
 
 
-class LengthGroupedBatchSampler(Sampler[list[int]]):
-    """Batches of similar length, in random order, reproducible from ``seed`` and the epoch.
+class LengthGroupedBatchSampler(BatchSampler):
+    """Batches of similar length, in random order, reproducible from ``seed`` and the epoch; resumable mid-epoch.
 
     Shuffled runs take a random permutation, cut it into mega-batches of ``mega_batch`` batches, sort each by length
     and cut it into batches, then shuffle the batches: random enough to train well, with little padding. Evaluation
-    (``shuffle=False``) sorts the whole split by length. With ``num_replicas > 1`` each global batch of
-    ``batch_size * num_replicas`` samples is shared out between the ranks, so every rank steps in lock-step over
-    batches of similar length.
+    (``shuffle=False``) sorts the whole split by length.
+
+    Distributed: every rank builds the same global batches of ``batch_size * num_replicas`` samples (same seed and
+    epoch) and takes its slice, so 2 ranks at batch B/2 see exactly the batches 1 rank sees at batch B. Training
+    pads a short last global batch by repeating samples, so every rank takes the same number of steps (DDP needs
+    that); evaluation never repeats or drops a sample: a short last batch is shared out unevenly (a rank may get
+    one batch fewer, which evaluation tolerates because metrics are synchronised once, at the end).
+
+    Lightning's distributed-sampler injection is understood rather than fought: it re-creates this class with
+    ``sampler=DistributedSampler(...)``, from which only the rank and the number of ranks are read.
+
+    ``state_dict()``/``load_state_dict()`` hold the epoch and the number of batches already trained in it, as plain
+    values; after ``load_state_dict`` the next iteration over that epoch skips those batches.
 
     Args:
         lengths: token count of each sample.
@@ -85,17 +95,24 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         mega_batch: batches per sorted mega-batch.
         num_replicas: number of ranks sharing the data.
         rank: this rank.
+        sampler: a distributed sampler injected by Lightning; its ``num_replicas`` and ``rank`` win.
     """
 
     def __init__(self, lengths: Sequence[int], batch_size: int, shuffle: bool = True, group_by_length: bool = True,
-                 drop_last: bool = False, seed: int = 0, mega_batch: int = 50, num_replicas: int = 1, rank: int = 0):
+                 drop_last: bool = False, seed: int = 0, mega_batch: int = 50, num_replicas: int = 1, rank: int = 0,
+                 sampler: Sampler | None = None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.lengths = torch.as_tensor(list(lengths))
         self.batch_size, self.shuffle, self.group_by_length = batch_size, shuffle, group_by_length
         self.drop_last, self.seed, self.mega_batch = drop_last, seed, mega_batch
+        if sampler is not None and hasattr(sampler, "num_replicas") and hasattr(sampler, "rank"):
+            num_replicas, rank = sampler.num_replicas, sampler.rank
         self.num_replicas, self.rank = num_replicas, rank
+        self.sampler = sampler
         self.epoch = 0
+        self._resume_at: tuple[int, int] | None = None  # (epoch, batches to skip)
+        self._yielded = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -119,21 +136,76 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
             batches = [batches[i] for i in perm]
         return batches
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def _rank_batches(self) -> list[list[int]]:
+        out = []
         for batch in self._global_batches():
             if self.num_replicas == 1:
-                yield batch.tolist()
-                continue
-            if len(batch) < self.batch_size * self.num_replicas:  # short last batch: share it out evenly
+                out.append(batch.tolist())
+            elif len(batch) == self.batch_size * self.num_replicas:
+                out.append(batch[self.rank * self.batch_size:(self.rank + 1) * self.batch_size].tolist())
+            elif self.shuffle:  # training: share a short batch out evenly, repeating samples, so ranks stay in step
                 per_rank = math.ceil(len(batch) / self.num_replicas)
                 padded = batch.repeat(math.ceil(per_rank * self.num_replicas / len(batch)))[: per_rank * self.num_replicas]
-                yield padded[self.rank * per_rank:(self.rank + 1) * per_rank].tolist()
-            else:
-                yield batch[self.rank * self.batch_size:(self.rank + 1) * self.batch_size].tolist()
+                out.append(padded[self.rank * per_rank:(self.rank + 1) * per_rank].tolist())
+            else:  # evaluation: every sample exactly once; a rank left without samples gets no batch
+                mine = batch[self.rank::self.num_replicas].tolist()
+                if mine:
+                    out.append(mine)
+        return out
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = self._rank_batches()
+        skip = 0
+        if self._resume_at is not None:
+            epoch, skip = self._resume_at
+            self._resume_at = None
+            if epoch != self.epoch or skip >= len(batches):
+                skip = 0
+        self._yielded = skip
+        for batch in batches[skip:]:
+            self._yielded += 1
+            yield batch
 
     def __len__(self) -> int:
+        if not self.shuffle and self.num_replicas > 1:
+            return len(self._rank_batches())
         n, size = len(self.lengths), self.batch_size * self.num_replicas
         return n // size if self.drop_last else math.ceil(n / size)
+
+    def state_dict(self, consumed: int | None = None) -> dict:
+        """The epoch and how many of its batches were trained (``consumed``; default: how many were handed out)."""
+        return {"epoch": self.epoch, "consumed": self._yielded if consumed is None else consumed, "seed": self.seed,
+                "num_replicas": self.num_replicas}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("seed", self.seed) != self.seed or state.get("num_replicas", self.num_replicas) != self.num_replicas:
+            # another seed or world size orders the data differently: restart the epoch rather than skip wrong batches
+            return
+        self._resume_at = (int(state["epoch"]), int(state["consumed"]))
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader whose position in the epoch is saved in checkpoints (Lightning saves and restores the state of
+    loaders that have ``state_dict``/``load_state_dict``), so a run resumed mid-epoch sees the rest of the epoch's
+    batches in the same order rather than starting the epoch again.
+
+    ``progress`` returns how many batches the training loop has finished in this epoch: the loader itself cannot tell,
+    because the loop fetches one batch ahead (and workers further).
+    """
+
+    def __init__(self, *args, progress=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.progress = progress
+
+    def state_dict(self) -> dict:
+        sampler = self.batch_sampler
+        if not hasattr(sampler, "state_dict"):
+            return {}
+        return sampler.state_dict(self.progress() if self.progress is not None else None)
+
+    def load_state_dict(self, state: dict) -> None:
+        if state and hasattr(self.batch_sampler, "load_state_dict"):
+            self.batch_sampler.load_state_dict(state)
 
 
 def pad(rows: Sequence[torch.Tensor], value: int, multiple: int | None = None, left: bool = False):

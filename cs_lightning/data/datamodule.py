@@ -14,7 +14,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
 from cs_lightning.backbones.base import TASKS
-from cs_lightning.data.batching import (LengthGroupedBatchSampler, PadCollator, ReplyCollator, TokenizedDataset)
+from cs_lightning.data.batching import (LengthGroupedBatchSampler, PadCollator, ReplyCollator, ResumableDataLoader,
+                                        TokenizedDataset)
 from cs_lightning.data.dialogue import SPECIAL_MARKERS, prediction_examples, read_dialogues, reply_examples
 from cs_lightning.data.encoding import cached_encode, cached_encode_replies
 from cs_lightning.data.schema import ColumnMap, check_known_labels, read_intent_records
@@ -298,8 +299,18 @@ class CSDataModule(pl.LightningDataModule):
         sampler = LengthGroupedBatchSampler(lengths, batch_size, shuffle=shuffle, group_by_length=hp.group_by_length,
                                             seed=hp.seed, num_replicas=world, rank=rank)
         workers = hp.num_workers
-        return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, persistent_workers=workers > 0,
-                          collate_fn=self._collator(generation))
+        kwargs = dict(batch_sampler=sampler, num_workers=workers, persistent_workers=workers > 0,
+                      collate_fn=self._collator(generation))
+        if shuffle:  # training: the position in the epoch is saved in checkpoints, for an exact mid-epoch resume
+            return ResumableDataLoader(dataset, progress=self._batches_trained, **kwargs)
+        return DataLoader(dataset, **kwargs)
+
+    def _batches_trained(self) -> int | None:
+        """Batches the training loop finished in the current epoch (None outside a Trainer)."""
+        trainer = self.trainer
+        if trainer is None:
+            return None
+        return trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MeanMetric, SumMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
 
+from cs_lightning.distributed import gather_lists, gather_rows
 from cs_lightning.errors import ConfigError
 from cs_lightning.models.base import BackboneModule
 
@@ -111,6 +114,12 @@ class IntentClassifier(BackboneModule):
         self.test_acc = MulticlassAccuracy(m, average="micro")
         self.test_f1 = MulticlassF1Score(m, average="macro")
         self.test_confusion = MulticlassConfusionMatrix(m)  # streaming: per-class figures come from it
+        # every epoch-level number is a torchmetrics state synchronised once, at compute: exact over any number of
+        # ranks, whatever each rank's share of an uneven split (a mean of per-rank means would not be)
+        self.eval_loss = nn.ModuleDict({stage: MeanMetric() for stage in ("val", "test")})
+        self.oos_counts = nn.ModuleDict({f"{stage}_{name}_{part}": SumMetric() for stage in ("val", "test")
+                                         for name in ("in_scope_acc", "recall") for part in ("hits", "total")}
+                                        if oos_label else {})
         if self.oos_index is not None:  # saved in checkpoints (only out-of-scope models have one)
             self.register_buffer("threshold", torch.tensor(float(oos_threshold or 0.0)))
         self._val_scores: list[torch.Tensor] = []  # (confidence, argmax, gold) per validation example, oos only
@@ -136,12 +145,21 @@ class IntentClassifier(BackboneModule):
             kwargs["token_type_ids"] = token_type_ids
         return self.model(input_ids=input_ids, **kwargs).logits
 
-    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
         known = labels < logits.shape[-1]  # out-of-scope examples without a class have no loss
         if not bool(known.all()):
             logits, labels = logits[known], labels[known]
         return F.cross_entropy(logits.float(), labels, weight=self.loss_weights,
-                               label_smoothing=self.hparams.label_smoothing)
+                               label_smoothing=self.hparams.label_smoothing, reduction=reduction)
+
+    def _update_loss(self, stage: str, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """Adds the batch to the epoch's loss, weighted exactly as ``cross_entropy``'s mean over the whole split."""
+        losses = self._loss(logits, labels, reduction="none")
+        known = labels[labels < logits.shape[-1]]
+        weights = self.loss_weights[known] if self.loss_weights is not None else torch.ones_like(losses)
+        metric = self.eval_loss[stage]
+        metric.update(losses / weights, weight=weights)
+        self.log(f"{stage}/loss", metric, on_epoch=True, on_step=False)
 
     def decide(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Predicted class and confidence; below the out-of-scope threshold the prediction is ``oos_label``."""
@@ -159,9 +177,8 @@ class IntentClassifier(BackboneModule):
     def _evaluate(self, batch: dict, stage: str) -> None:
         logits = self(**self.model_inputs(batch))
         labels = batch["labels"]
-        n = len(labels)
         if bool((labels < logits.shape[-1]).any()):
-            self.log(f"{stage}/loss", self._loss(logits, labels), on_epoch=True, batch_size=n, sync_dist=True)
+            self._update_loss(stage, logits, labels)
         if stage == "val" and self.oos_index is not None and self.hparams.oos_threshold is None:
             # the threshold is fitted at the end of validation; keep three numbers per example, not the logits
             confidence, argmax = logits.float().softmax(-1).max(-1)
@@ -185,21 +202,35 @@ class IntentClassifier(BackboneModule):
         self.log(f"{stage}/f1_macro", f1, on_epoch=True, prog_bar=stage == "val", batch_size=len(labels))
         if self.oos_index is not None:
             is_oos = labels == self.oos_index
-            for name, hits, total in (("in_scope_acc", (preds == labels) & ~is_oos, ~is_oos),
-                                      ("recall", (preds == labels) & is_oos, is_oos)):
-                if bool(total.any()):
-                    self.log(f"oos/{stage}_{name}", hits.sum() / total.sum(), on_epoch=True, reduce_fx="mean",
-                             batch_size=int(total.sum()))
+            correct = preds == labels
+            for name, subset in (("in_scope_acc", ~is_oos), ("recall", is_oos)):
+                self.oos_counts[f"{stage}_{name}_hits"].update((correct & subset).sum())
+                self.oos_counts[f"{stage}_{name}_total"].update(subset.sum())
+
+    def _log_oos(self, stage: str) -> None:
+        """In-scope accuracy and out-of-scope recall over the whole split (counts summed over ranks)."""
+        for name in ("in_scope_acc", "recall") if self.oos_index is not None else ():
+            hits, total = (self.oos_counts[f"{stage}_{name}_{part}"] for part in ("hits", "total"))
+            h, t = hits.compute(), total.compute()  # every rank calls compute: it synchronises
+            hits.reset()
+            total.reset()
+            if float(t) > 0:
+                self.log(f"oos/{stage}_{name}", h / t, sync_dist=False)
 
     def on_validation_epoch_end(self) -> None:
-        if not self._val_scores:
-            return
-        scores = self.all_gather(torch.cat(self._val_scores)).reshape(-1, 3)
+        if self.oos_index is not None and self.hparams.oos_threshold is None:
+            self._fit_threshold()
+        self._log_oos("val")
+
+    def _fit_threshold(self) -> None:
+        local = torch.cat(self._val_scores) if self._val_scores else torch.zeros((0, 3), device=self.device)
         self._val_scores = []
+        scores = gather_rows(local)  # the threshold is fitted on every rank's examples, the same on every rank
         confidence, argmax, gold = scores[:, 0], scores[:, 1].long(), scores[:, 2].long()
         self.threshold.fill_(fit_threshold(confidence, argmax, gold, self.oos_index, len(self.metric_names),
                                            self.hparams.oos_target))
         self.log("oos/threshold", self.threshold, sync_dist=False)
+        confidence, argmax, gold = local[:, 0], local[:, 1].long(), local[:, 2].long()  # metrics: own share only
         preds = torch.where(confidence < self.threshold, torch.full_like(argmax, self.oos_index), argmax)
         self._update_metrics("val", preds, gold)
 
@@ -217,6 +248,8 @@ class IntentClassifier(BackboneModule):
         matrix = self.test_confusion.compute().float()  # rows: gold, columns: predicted
         self.test_confusion.reset()
         self.test_report = per_class_report(matrix, self.metric_names)
+        self.misclassified = gather_lists(self.misclassified)
+        self._log_oos("test")
         if self.oos_index is not None:
             self.test_report["oos_threshold"] = float(self.threshold)
         for name, row in self.test_report["per_class"].items():
