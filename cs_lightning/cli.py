@@ -20,9 +20,10 @@ from typing import Optional
 
 from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.plugins.environments import ClusterEnvironment, SLURMEnvironment
 
-from cs_lightning.callbacks import (BestAndLastCheckpoint, HParamsSummary, IntentReport, PredictionWriter,
-                                    SaveArtifacts)
+from cs_lightning.callbacks import (BestAndLastCheckpoint, HParamsSummary, IntentReport, MetricsFile, NonFiniteGuard,
+                                    PredictionWriter, Preemption, SaveArtifacts)
 from cs_lightning.errors import ConfigError, user_error
 
 LOG_DIR = "logs"
@@ -124,6 +125,34 @@ class CSLightningCLI(LightningCLI):
                 raise ConfigError("ckpt_path", f"no last.ckpt in {cfg.checkpoint.dirpath} to resume from",
                                   "train first, or give the path of a checkpoint")
 
+    def _parse_ckpt_path(self) -> None:
+        """As Lightning: a checkpoint file given to validate/test/predict brings the model's hyper-parameters with
+        it. Unlike Lightning, the ones the model class does not take are dropped first: cs-train links values such
+        as ``rules_path`` into every model, they are saved with the hyper-parameters, and a class without that
+        argument would fail to build from its own checkpoint."""
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if not ckpt_path or not Path(ckpt_path).is_file():
+            return
+        import inspect
+
+        import torch
+
+        hparams = torch.load(ckpt_path, weights_only=True, map_location="cpu").get("hyper_parameters", {})
+        hparams.pop("_instantiator", None)
+        class_path = hparams.pop("_class_path", None)
+        if not hparams or class_path is None:
+            return
+        try:
+            module, _, name = class_path.rpartition(".")
+            params = inspect.signature(getattr(importlib.import_module(module), name)).parameters
+        except (ImportError, AttributeError, ValueError):
+            return
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            hparams = {k: v for k, v in hparams.items() if k in params}
+        self.config = self.parser.parse_object(
+            {subcommand: {"model": {"class_path": class_path, "dict_kwargs": hparams}}}, self.config)
+
     @staticmethod
     def _find_checkpoint(folder: Path, which: str) -> str:
         pattern = "best*.ckpt" if which == "best" else "last*.ckpt"
@@ -145,6 +174,19 @@ class CSLightningCLI(LightningCLI):
             callbacks.append(LearningRateMonitor(logging_interval="step"))
         if cfg.trainer.get("logger") and not any(isinstance(c, HParamsSummary) for c in callbacks):
             callbacks.append(HParamsSummary())
+        if self.subcommand == "fit":
+            for cls in (Preemption, NonFiniteGuard):
+                if not any(isinstance(c, cls) for c in callbacks):
+                    callbacks.append(cls())
+        if self.subcommand in ("validate", "test") and not any(isinstance(c, MetricsFile) for c in callbacks):
+            callbacks.append(MetricsFile())
+        plugins = cfg.trainer.get("plugins")
+        plugins = list(plugins) if isinstance(plugins, (list, tuple)) else ([plugins] if plugins else [])
+        if SLURMEnvironment.detect() and not any(isinstance(p, ClusterEnvironment) for p in plugins):
+            # one pre-emption path everywhere (Preemption: last.ckpt + clean exit); Lightning's own SLURM requeue
+            # would save a second, differently named checkpoint and requeue behind the job script's back
+            plugins.append(SLURMEnvironment(auto_requeue=False))
+            cfg.trainer.plugins = plugins
         if self.subcommand == "predict":
             callbacks.append(PredictionWriter(cfg.predict_output))
         if self.subcommand == "test" and not any(isinstance(c, IntentReport) for c in callbacks):

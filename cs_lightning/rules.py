@@ -100,21 +100,32 @@ class BusinessRules:
         path = Path(path)
         if not path.exists():
             raise DataError(path, "rules file not found", fix="check data.rules_file")
-        text = path.read_text(encoding="utf-8")
+        if path.is_dir():
+            raise DataError(path, "is a folder, not a rules file", fix="give the path of a .yaml or .json file")
+        raw = path.read_bytes()
         try:
-            root = yaml.compose(text) if path.suffix.lower() in (".yaml", ".yml") else None
-            data = yaml.safe_load(text) if root is not None else json.loads(text)
-        except (yaml.YAMLError, json.JSONDecodeError) as err:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as err:
+            start = err.start + (3 if raw.startswith(b"\xef\xbb\xbf") else 0)
+            raise DataError(path, f"not valid UTF-8 (byte 0x{raw[start]:02x})", line=raw[:start].count(b"\n") + 1,
+                            fix="re-save the file as UTF-8") from None
+        is_yaml = path.suffix.lower() in (".yaml", ".yml")
+        try:
+            root = yaml.compose(text) if is_yaml else None
+            data = yaml.safe_load(text) if is_yaml else json.loads(text)
+        except (yaml.YAMLError, json.JSONDecodeError, RecursionError) as err:
             line = getattr(getattr(err, "problem_mark", None), "line", None)
             line = line + 1 if line is not None else getattr(err, "lineno", None)
-            raise DataError(path, f"not valid {'YAML' if root is not None or path.suffix != '.json' else 'JSON'}",
+            raise DataError(path, f"not valid {'YAML' if is_yaml else 'JSON'}" +
+                            (" (nested too deeply)" if isinstance(err, RecursionError) else ""),
                             line=line, fix="check the syntax of the rules file") from None
         data = data or {}
         if not isinstance(data, dict):
             raise DataError(path, "the rules file must hold a mapping", fix="see cs_lightning/rules.py for the format")
         unknown = set(data) - {"blocked_phrases", "required", "forbidden_patterns"}
         if unknown:
-            raise DataError(path, f"unknown key(s) {', '.join(sorted(unknown))}", field=sorted(unknown)[0],
+            names = sorted(k if isinstance(k, str) and k.isprintable() else repr(k) for k in unknown)
+            raise DataError(path, f"unknown key(s) {', '.join(names)}", field=names[0],
                             fix="use blocked_phrases, required and forbidden_patterns")
 
         def line_of(*keys) -> int | None:
@@ -136,7 +147,7 @@ class BusinessRules:
                                 fix="write the pattern as a quoted string")
             try:
                 return re.compile(value, re.IGNORECASE)
-            except re.error as err:
+            except (re.error, OverflowError, RecursionError) as err:
                 raise DataError(path, f"invalid regular expression: {err}", line=line_of(*keys), field=where,
                                 fix="escape special characters such as ( [ + ? with a backslash") from None
 
@@ -144,12 +155,20 @@ class BusinessRules:
         if not isinstance(blocked, list) or not all(isinstance(p, str) and p.strip() for p in blocked):
             raise DataError(path, "must be a list of non-empty strings", line=line_of("blocked_phrases"),
                             field="blocked_phrases", fix="write one phrase per list item")
+        for key in ("required", "forbidden_patterns"):
+            if not isinstance(data.get(key) or [], list):
+                raise DataError(path, "must be a list of rules", line=line_of(key), field=key,
+                                fix="write one rule per list item, each with name: and pattern:")
         required = []
         for i, item in enumerate(data.get("required") or []):
             if not isinstance(item, dict) or "name" not in item or "pattern" not in item:
                 raise DataError(path, "each required rule needs a name and a pattern", line=line_of("required", i),
                                 field=f"required.{i}", fix="add name: and pattern:")
             intents = item.get("when_intent") or []
+            if not (isinstance(intents, str) or isinstance(intents, list) and all(isinstance(x, str) for x in intents)):
+                raise DataError(path, "must be an intent name or a list of intent names",
+                                line=line_of("required", i, "when_intent"), field=f"required.{i}.when_intent",
+                                fix="write when_intent: [refund_status, ...]")
             required.append(RequiredRule(
                 str(item["name"]), regex(item["pattern"], "required", i, "pattern"),
                 tuple([intents] if isinstance(intents, str) else intents),

@@ -89,3 +89,49 @@ def test_stratified_split_is_reproducible_and_keeps_every_label():
     assert len(keep) + len(carved) == 41
     assert {r.label for r in carved} == {"a", "b"}  # 'c' has one example and stays in train
     assert [r.id for r in stratified_split(records, 0.1, seed=1)[1]] == [r.id for r in carved]
+
+
+def test_lightning_reaches_set_epoch_through_the_sampler_attribute():
+    """Lightning calls set_epoch on ``batch_sampler.sampler``; without the relay every epoch had the same order."""
+    from lightning.fabric.utilities.data import _set_sampler_epoch
+    from torch.utils.data import DataLoader
+
+    sampler = LengthGroupedBatchSampler(LENGTHS, batch_size=8, seed=3)
+    loader = DataLoader(list(range(103)), batch_sampler=sampler)
+    first = list(sampler)
+    _set_sampler_epoch(loader, 1)
+    assert sampler.epoch == 1 and list(sampler) != first
+
+
+def test_evaluation_on_two_ranks_sees_every_sample_exactly_once():
+    ranks = [list(LengthGroupedBatchSampler(LENGTHS, 8, shuffle=False, num_replicas=2, rank=r)) for r in (0, 1)]
+    seen = sorted(i for batches in ranks for b in batches for i in b)
+    assert seen == list(range(103))  # 103 is odd: no sample repeated to even the ranks out
+    for r, batches in enumerate(ranks):
+        assert len(batches) == len(LengthGroupedBatchSampler(LENGTHS, 8, shuffle=False, num_replicas=2, rank=r))
+
+
+def test_training_ranks_take_equal_steps_and_injected_sampler_sets_the_rank():
+    from torch.utils.data import DistributedSampler
+
+    injected = [DistributedSampler(range(103), num_replicas=2, rank=r, shuffle=False) for r in (0, 1)]
+    ranks = [list(LengthGroupedBatchSampler(LENGTHS, 8, seed=1, sampler=s)) for s in injected]
+    assert len(ranks[0]) == len(ranks[1]) == 7
+    one_rank = list(LengthGroupedBatchSampler(LENGTHS, 16, seed=1))
+    for step in range(6):  # full global batches: the two halves are exactly one rank's batch of 16
+        assert sorted(ranks[0][step] + ranks[1][step]) == sorted(one_rank[step])
+
+
+def test_sampler_state_resumes_mid_epoch_and_survives_recreation():
+    sampler = LengthGroupedBatchSampler(LENGTHS, 8, seed=5)
+    sampler.set_epoch(2)
+    full = list(sampler)
+    state = sampler.state_dict(consumed=4)
+    assert state == {"epoch": 2, "consumed": 4, "seed": 5, "num_replicas": 1}
+    again = LengthGroupedBatchSampler(LENGTHS, 8, seed=5, resume=state)  # what Lightning's re-creation keeps
+    again.set_epoch(2)
+    assert list(again) == full[4:]
+    assert list(again) == full  # only the interrupted epoch is shortened
+    other_epoch = LengthGroupedBatchSampler(LENGTHS, 8, seed=5, resume=state)
+    other_epoch.set_epoch(3)
+    assert len(list(other_epoch)) == len(full)

@@ -4,6 +4,7 @@ from cs_lightning.callbacks.artifacts import ExportBest, HParamsSummary, Predict
 from cs_lightning.callbacks.checkpoint import BestAndLastCheckpoint
 from cs_lightning.callbacks.freezing import FreezeLayers, GradualUnfreezing
 from cs_lightning.callbacks.report import IntentReport
+from cs_lightning.callbacks.safety import MetricsFile, NonFiniteGuard, Preemption
 
 __all__ = ["BestAndLastCheckpoint", "ExportBest", "FreezeLayers", "GradualUnfreezing", "HParamsSummary", "IntentReport",
-           "PredictionWriter", "SaveArtifacts"]
+           "MetricsFile", "NonFiniteGuard", "PredictionWriter", "Preemption", "SaveArtifacts"]

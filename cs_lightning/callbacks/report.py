@@ -34,10 +34,10 @@ class IntentReport(Callback):
         self.worst = worst
 
     def on_test_end(self, trainer, pl_module) -> None:
+        folder = Path(trainer.log_dir or ".")  # every rank asks: log_dir is a broadcast under DDP
         report = getattr(pl_module, "test_report", None)
         if report is None or not trainer.is_global_zero:
             return
-        folder = Path(trainer.log_dir or ".")
         with atomic_path(folder / "test_report.json") as tmp:
             tmp.write_text(json.dumps(report, indent=1, ensure_ascii=False), encoding="utf-8")
         records = getattr(trainer.datamodule, "records", {}).get("test", [])

@@ -6,7 +6,7 @@ import math
 from typing import Iterator, Sequence
 
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
+from torch.utils.data import BatchSampler, Dataset, Sampler
 
 
 class TokenizedDataset(Dataset):
@@ -83,7 +83,8 @@ class LengthGroupedBatchSampler(BatchSampler):
     ``sampler=DistributedSampler(...)``, from which only the rank and the number of ranks are read.
 
     ``state_dict()``/``load_state_dict()`` hold the epoch and the number of batches already trained in it, as plain
-    values; after ``load_state_dict`` the next iteration over that epoch skips those batches.
+    values; after ``load_state_dict`` (or ``resume=`` a saved state, which survives Lightning re-creating the
+    sampler) the next iteration over that epoch skips those batches.
 
     Args:
         lengths: token count of each sample.
@@ -96,11 +97,12 @@ class LengthGroupedBatchSampler(BatchSampler):
         num_replicas: number of ranks sharing the data.
         rank: this rank.
         sampler: a distributed sampler injected by Lightning; its ``num_replicas`` and ``rank`` win.
+        resume: a ``state_dict()`` to continue from.
     """
 
     def __init__(self, lengths: Sequence[int], batch_size: int, shuffle: bool = True, group_by_length: bool = True,
                  drop_last: bool = False, seed: int = 0, mega_batch: int = 50, num_replicas: int = 1, rank: int = 0,
-                 sampler: Sampler | None = None):
+                 sampler: Sampler | None = None, resume: dict | None = None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.lengths = torch.as_tensor(list(lengths))
@@ -109,10 +111,13 @@ class LengthGroupedBatchSampler(BatchSampler):
         if sampler is not None and hasattr(sampler, "num_replicas") and hasattr(sampler, "rank"):
             num_replicas, rank = sampler.num_replicas, sampler.rank
         self.num_replicas, self.rank = num_replicas, rank
-        self.sampler = sampler
+        # Lightning calls set_epoch on ``batch_sampler.sampler`` (never on the batch sampler itself): relay it here
+        self.sampler = _EpochRelay(self, sampler)
         self.epoch = 0
         self._resume_at: tuple[int, int] | None = None  # (epoch, batches to skip)
         self._yielded = 0
+        if resume:
+            self.load_state_dict(resume)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -184,28 +189,23 @@ class LengthGroupedBatchSampler(BatchSampler):
         self._resume_at = (int(state["epoch"]), int(state["consumed"]))
 
 
-class ResumableDataLoader(DataLoader):
-    """A DataLoader whose position in the epoch is saved in checkpoints (Lightning saves and restores the state of
-    loaders that have ``state_dict``/``load_state_dict``), so a run resumed mid-epoch sees the rest of the epoch's
-    batches in the same order rather than starting the epoch again.
+class _EpochRelay(Sampler[int]):
+    """The ``sampler`` attribute of :class:`LengthGroupedBatchSampler`: the indices of its batches in order, and a
+    ``set_epoch`` that reaches the batch sampler (and an injected distributed sampler)."""
 
-    ``progress`` returns how many batches the training loop has finished in this epoch: the loader itself cannot tell,
-    because the loop fetches one batch ahead (and workers further).
-    """
+    def __init__(self, owner: LengthGroupedBatchSampler, inner: Sampler | None):
+        self.owner, self.inner = owner, inner
 
-    def __init__(self, *args, progress=None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.progress = progress
+    def set_epoch(self, epoch: int) -> None:
+        self.owner.set_epoch(epoch)
+        if callable(getattr(self.inner, "set_epoch", None)):
+            self.inner.set_epoch(epoch)
 
-    def state_dict(self) -> dict:
-        sampler = self.batch_sampler
-        if not hasattr(sampler, "state_dict"):
-            return {}
-        return sampler.state_dict(self.progress() if self.progress is not None else None)
+    def __iter__(self) -> Iterator[int]:
+        return (i for batch in self.owner._rank_batches() for i in batch)
 
-    def load_state_dict(self, state: dict) -> None:
-        if state and hasattr(self.batch_sampler, "load_state_dict"):
-            self.batch_sampler.load_state_dict(state)
+    def __len__(self) -> int:
+        return len(self.owner.lengths)
 
 
 def pad(rows: Sequence[torch.Tensor], value: int, multiple: int | None = None, left: bool = False):

@@ -14,8 +14,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
 from cs_lightning.backbones.base import TASKS
-from cs_lightning.data.batching import (LengthGroupedBatchSampler, PadCollator, ReplyCollator, ResumableDataLoader,
-                                        TokenizedDataset)
+from cs_lightning.data.batching import LengthGroupedBatchSampler, PadCollator, ReplyCollator, TokenizedDataset
 from cs_lightning.data.dialogue import SPECIAL_MARKERS, prediction_examples, read_dialogues, reply_examples
 from cs_lightning.data.encoding import cached_encode, cached_encode_replies
 from cs_lightning.data.schema import ColumnMap, check_known_labels, read_intent_records
@@ -130,6 +129,7 @@ class CSDataModule(pl.LightningDataModule):
         self.files = {"train": train_file, "val": val_file, "test": test_file, "predict": predict_file}
         self.records: dict[str, list] = {}
         self.datasets: dict[str, TokenizedDataset] = {}
+        self._resume: dict | None = None  # a saved training-sampler position (mid-epoch resume)
         self.label_names: list[str] | None = None
         self.label_counts: list[int] | None = None
         self.backbone = get_backbone(backbone)
@@ -296,21 +296,27 @@ class CSDataModule(pl.LightningDataModule):
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         hp = self.hparams
         batch_size = hp.batch_size if shuffle else (hp.eval_batch_size or 2 * hp.batch_size)
+        resume, self._resume = (self._resume, None) if shuffle else (None, None)
         sampler = LengthGroupedBatchSampler(lengths, batch_size, shuffle=shuffle, group_by_length=hp.group_by_length,
-                                            seed=hp.seed, num_replicas=world, rank=rank)
+                                            seed=hp.seed, num_replicas=world, rank=rank, resume=resume)
         workers = hp.num_workers
-        kwargs = dict(batch_sampler=sampler, num_workers=workers, persistent_workers=workers > 0,
-                      collate_fn=self._collator(generation))
-        if shuffle:  # training: the position in the epoch is saved in checkpoints, for an exact mid-epoch resume
-            return ResumableDataLoader(dataset, progress=self._batches_trained, **kwargs)
-        return DataLoader(dataset, **kwargs)
+        return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, persistent_workers=workers > 0,
+                          collate_fn=self._collator(generation))
 
-    def _batches_trained(self) -> int | None:
-        """Batches the training loop finished in the current epoch (None outside a Trainer)."""
+    # The position in the training epoch travels in checkpoints as the data module's state (plain values), so a run
+    # resumed mid-epoch trains on the rest of that epoch's batches, in the same order, instead of starting it again.
+    # (Lightning's own stateful-loader path cannot be used: the schedule's length is asked for while the optimizer
+    # is configured, which builds the training loader before Lightning restores loader states.)
+    def state_dict(self) -> dict:
         trainer = self.trainer
-        if trainer is None:
-            return None
-        return trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        loader = getattr(trainer, "train_dataloader", None) if trainer is not None else None
+        sampler = getattr(loader, "batch_sampler", None)
+        if not isinstance(sampler, LengthGroupedBatchSampler):
+            return {}
+        return {"train_sampler": sampler.state_dict(trainer.fit_loop.epoch_loop.batch_progress.current.processed)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._resume = state_dict.get("train_sampler")
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

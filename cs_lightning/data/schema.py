@@ -6,6 +6,7 @@ user sees ``train.csv:17: text: empty text (fill in the message or delete the li
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
@@ -66,14 +67,21 @@ def _decode(path: Path) -> str:
     if path.is_dir():
         raise DataError(path, "is a folder, not a data file", fix="give the path of a .csv, .tsv, .jsonl or .json file")
     raw = path.read_bytes()
-    if not raw.strip():
+    bom = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0
+    if not raw[bom:].strip():
         raise DataError(path, "file is empty", fix="give a file with a header line and at least one record")
     try:
-        return raw.decode("utf-8-sig")
+        return raw[bom:].decode("utf-8")
     except UnicodeDecodeError as err:
-        line = raw[: err.start].count(b"\n") + 1
-        raise DataError(path, f"not valid UTF-8 (byte 0x{raw[err.start]:02x})", line=line,
+        start = bom + err.start
+        line = raw[:start].count(b"\n") + 1
+        raise DataError(path, f"not valid UTF-8 (byte 0x{raw[start]:02x})", line=line,
                         fix="re-save the file as UTF-8, e.g. `iconv -f GBK -t UTF-8`") from None
+
+
+def _names(names, sep: str = ", ") -> str:
+    """Names for a one-line message: as they are, or quoted with escapes when they hold a line break or tab."""
+    return sep.join(n if n.isprintable() else repr(n) for n in names)
 
 
 def _report(error: DataError, errors: list | None) -> None:
@@ -98,7 +106,7 @@ def _rows_csv(path: Path, text: str, delimiter: str, errors: list | None = None)
                 start = reader.line_num + 1
                 continue
             if len(row) != len(header):
-                _report(DataError(path, f"expected {len(header)} fields ({delimiter.join(header)}) but found "
+                _report(DataError(path, f"expected {len(header)} fields ({_names(header, delimiter)}) but found "
                                         f"{len(row)}", line=start,
                                   fix="put double quotes around a field that contains the delimiter"), errors)
             else:
@@ -110,13 +118,18 @@ def _rows_csv(path: Path, text: str, delimiter: str, errors: list | None = None)
 
 
 def _rows_jsonl(path: Path, text: str, errors: list | None = None) -> Iterator[tuple[int, dict]]:
-    for number, line in enumerate(text.splitlines(), start=1):
+    # lines end at \n, \r\n or \r only: str.splitlines() also splits at U+2028, U+0085... inside JSON strings
+    for number, line in enumerate(text.replace("\r\n", "\n").replace("\r", "\n").split("\n"), start=1):
         if not line.strip():
             continue
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as err:
             _report(DataError(path, f"not valid JSON ({err.msg} at column {err.colno})", line=number,
+                              fix="each line must be one complete JSON object"), errors)
+            continue
+        except RecursionError:
+            _report(DataError(path, "not valid JSON (nested too deeply)", line=number,
                               fix="each line must be one complete JSON object"), errors)
             continue
         if not isinstance(obj, dict):
@@ -148,6 +161,9 @@ def _rows_json_array(path: Path, text: str) -> Iterator[tuple[int, dict]]:
             obj, pos = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as err:
             raise DataError(path, f"not valid JSON ({err.msg})", line=err.lineno,
+                            fix="check the file is one complete JSON array of objects") from None
+        except RecursionError:
+            raise DataError(path, "not valid JSON (nested too deeply)", line=line,
                             fix="check the file is one complete JSON array of objects") from None
         if not isinstance(obj, dict):
             raise DataError(path, f"a JSON {type(obj).__name__} where an object was expected", line=line,
@@ -189,7 +205,7 @@ def parse_history(value, path: Path, line: int, column: str) -> tuple[Turn, ...]
         if stripped.startswith("["):
             try:
                 value = json.loads(stripped)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):
                 raise DataError(path, "history is not a valid JSON list", line=line, field=column,
                                 fix='write it as ["earlier turn", ...] or separate turns with ||') from None
         else:
@@ -253,7 +269,7 @@ def _intent_record(path: Path, line: int, row: dict, state: dict, labelled: bool
     text_col, label_col, history_col, id_col = state["cols"]
     if text_col is None:
         wanted = columns.text or "text"
-        raise DataError(path, f"no '{wanted}' column (found: {', '.join(keys) or 'none'})", line=line,
+        raise DataError(path, f"no '{wanted}' column (found: {_names(keys) or 'none'})", line=line,
                         fix="rename the column, or set data.text_column to the column that holds the message")
     text = row.get(text_col)
     if not isinstance(text, str):
@@ -274,7 +290,7 @@ def _intent_record(path: Path, line: int, row: dict, state: dict, labelled: bool
         if not label:
             if labelled or records and records[0].label is not None:
                 wanted = columns.label or "label"
-                problem = "empty label" if label_col else f"no '{wanted}' column (found: {', '.join(keys)})"
+                problem = "empty label" if label_col else f"no '{wanted}' column (found: {_names(keys)})"
                 raise DataError(path, problem, line=line, field=label_col if label_col else None,
                                 fix="give every record an intent label, or set data.label_column")
             label = None
@@ -294,6 +310,6 @@ def check_known_labels(records: Sequence[IntentRecord], known: Sequence[str], pa
     known_set = set(known) | set(allowed_extra)
     for rec in records:
         if rec.label is not None and rec.label not in known_set:
-            preview = ", ".join(sorted(known)[:8]) + (", ..." if len(known) > 8 else "")
+            preview = _names(sorted(known)[:8]) + (", ..." if len(known) > 8 else "")
             raise DataError(path, f"label {rec.label!r} never appears in the training data", line=rec.line,
                             field="label", fix=f"fix the label or add training examples for it; known: {preview}")

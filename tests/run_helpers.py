@@ -1,0 +1,43 @@
+"""Callbacks the fault-tolerance and DDP tests load into a ``cs-train`` subprocess (``--trainer.callbacks+=``)."""
+
+import json
+import os
+import signal
+
+import torch
+from lightning.pytorch.callbacks import Callback
+
+
+class SignalAt(Callback):
+    """Sends ``signum`` to this process once, after the training batch that completes ``step`` optimizer steps."""
+
+    def __init__(self, step: int, signum: int = int(signal.SIGTERM)):
+        self.step, self.signum = step, signum
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step and trainer.is_global_zero:
+            os.kill(os.getpid(), self.signum)
+
+
+class RecordBatches(Callback):
+    """Appends ``{"step", "epoch", "ids"}`` of every training batch to a JSON Lines file (across resumes)."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"step": trainer.global_step, "epoch": trainer.current_epoch, "rank": trainer.global_rank,
+                                "ids": list(batch["ids"])}) + "\n")
+
+
+class NaNAt(Callback):
+    """Poisons the weights with NaN before the training batch of ``step``, as a diverging run would."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            with torch.no_grad():
+                next(pl_module.parameters()).fill_(float("nan"))

@@ -1,0 +1,184 @@
+"""DDP on 2 CPU ranks and fault tolerance, through real ``cs-train`` processes (as users and clusters run it).
+
+- validating one checkpoint on 1 and on 2 ranks, with an odd-sized validation set, gives the same metrics;
+- 2 ranks at batch B/2 train to the same weights as 1 rank at batch B;
+- two epochs straight equal one epoch + resume with ``--ckpt_path last`` in a new process;
+- SIGTERM / SIGUSR1 mid-epoch save ``last.ckpt`` and exit cleanly; the resumed run takes the right number of steps
+  and sees every sample of the interrupted epoch exactly once;
+- a NaN loss stops the run with one line and leaves the last good checkpoint intact;
+- a crash during a checkpoint write leaves the previous checkpoint loadable.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import write
+
+TESTS = Path(__file__).resolve().parent
+CS_TRAIN = [str(Path(sys.executable).with_name("cs-train"))]
+NO_DROPOUT = "--model.config_overrides={hidden_dropout_prob: 0.0, attention_probs_dropout_prob: 0.0}"
+WORDS = "please today again now my the order account card parcel refund money back help urgent".split()
+
+
+def data_files(folder: Path, n_train: int = 48, n_val: int = 25) -> dict:
+    """Three intents, messages of uneven length (so length grouping matters), an odd-sized validation set."""
+    stems = {"refund": "i want a refund", "delivery": "where is my parcel", "login": "i cannot log in"}
+    rows = []
+    for i in range(n_train + n_val):
+        label = list(stems)[i % 3]
+        extra = " ".join(WORDS[(i * 7 + j) % len(WORDS)] for j in range(i % 9))
+        rows.append(f"{stems[label]} {extra}".strip() + f",{label}")
+    files = {"train": write(folder / "train.csv", "text,label\n" + "\n".join(rows[:n_train]) + "\n"),
+             "val": write(folder / "val.csv", "text,label\n" + "\n".join(rows[n_train:]) + "\n")}
+    return files
+
+
+def base_args(files: dict, experiment: str, *extra: str) -> list[str]:
+    return ["--model", "cs_lightning.models.IntentClassifier", "--model.backbone=bert", "--model.pretrained=false",
+            "--model.model_size=tiny", "--model.learning_rate=0.003", "--model.warmup_ratio=0.1", NO_DROPOUT,
+            "--data", "cs_lightning.data.IntentDataModule", f"--data.train_file={files['train']}",
+            f"--data.val_file={files['val']}", "--data.batch_size=8", "--seed_everything=7",
+            "--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.enable_progress_bar=false",
+            "--trainer.enable_model_summary=false", "--trainer.log_every_n_steps=1", f"--experiment={experiment}",
+            *extra]
+
+
+def cs_train(subcommand: str, args: list[str], check: bool = True, timeout: int = 240) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([*CS_TRAIN, subcommand, *args], capture_output=True, text=True, env=env, timeout=timeout)
+    if check and done.returncode != 0:
+        raise AssertionError(f"cs-train {subcommand} exited {done.returncode}:\n{done.stderr[-4000:]}")
+    return done
+
+
+def weights(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def max_difference(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a if a[k].is_floating_point())
+
+
+def test_validation_metrics_are_the_same_on_one_and_two_ranks(tmp_path):
+    files = data_files(tmp_path / "data")
+    cs_train("fit", base_args(files, "base", "--trainer.max_epochs=2"))
+    ckpt = "logs/base/checkpoints/last.ckpt"
+    results = {}
+    for devices in (1, 2):
+        cs_train("validate", base_args(files, f"val{devices}", f"--trainer.devices={devices}",
+                                       "--trainer.strategy=ddp", f"--ckpt_path={ckpt}", "--data.eval_batch_size=4"))
+        results[devices] = json.loads(Path(f"logs/val{devices}/version_0/validate_metrics.json").read_text())
+    one, two = results[1], results[2]
+    for key in ("val/loss", "val/acc", "val/f1_macro"):
+        assert abs(one[key] - two[key]) < 1e-6, (key, one[key], two[key])
+    assert 0 < one["val/acc"] < 1  # a trained but imperfect model: the metrics are not trivially equal
+
+
+def test_two_ranks_at_half_batch_train_like_one_rank(tmp_path):
+    files = data_files(tmp_path / "data")
+    common = ["--trainer.max_epochs=2", "--trainer.strategy=ddp"]
+    cs_train("fit", base_args(files, "one", *common, "--data.batch_size=8", "--trainer.devices=1"))
+    cs_train("fit", base_args(files, "two", *common, "--data.batch_size=4", "--trainer.devices=2"))
+    one, two = weights(Path("logs/one/checkpoints/last.ckpt")), weights(Path("logs/two/checkpoints/last.ckpt"))
+    assert max_difference(one, two) < 1e-4
+    # the comparison can tell batches apart: one rank at B/2 ends elsewhere
+    cs_train("fit", base_args(files, "half", *common, "--data.batch_size=4", "--trainer.devices=1"))
+    assert max_difference(one, weights(Path("logs/half/checkpoints/last.ckpt"))) > 1e-3
+
+
+def test_resume_in_a_new_process_continues_exactly(tmp_path):
+    """Two epochs straight vs the first epoch, stop, and the second in a new process with --ckpt_path last.
+
+    The signal comes with the first epoch's last batch: the epoch finishes (validation, epoch-end checkpoint) and
+    the run stops at the next batch boundary, since Lightning cannot resume from the last batch of an epoch."""
+    files = data_files(tmp_path / "data")  # 48 examples, batch 8: 6 steps an epoch
+    cs_train("fit", base_args(files, "straight", "--trainer.max_epochs=2"))
+    cs_train("fit", base_args(files, "resumed", "--trainer.max_epochs=2", "--trainer.callbacks+=run_helpers.SignalAt",
+                              "--trainer.callbacks.step=6"))
+    stopped = torch.load("logs/resumed/checkpoints/last.ckpt", weights_only=True)
+    assert stopped["global_step"] == 7 and stopped["epoch"] == 1
+    cs_train("fit", base_args(files, "resumed", "--trainer.max_epochs=2", "--ckpt_path=last"))
+    straight = torch.load("logs/straight/checkpoints/last.ckpt", map_location="cpu", weights_only=True)
+    resumed = torch.load("logs/resumed/checkpoints/last.ckpt", map_location="cpu", weights_only=True)
+    assert straight["global_step"] == resumed["global_step"] == 12
+    assert max_difference(straight["state_dict"], resumed["state_dict"]) < 1e-6
+    for a, b in zip(straight["optimizer_states"][0]["param_groups"], resumed["optimizer_states"][0]["param_groups"]):
+        assert a["lr"] == b["lr"]
+    assert straight["lr_schedulers"][0]["last_epoch"] == resumed["lr_schedulers"][0]["last_epoch"] == 12
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])
+def test_signal_mid_epoch_saves_and_the_resumed_run_sees_every_sample_once(tmp_path, signum):
+    files = data_files(tmp_path / "data")  # 48 examples, batch 8: 6 steps an epoch
+    record = tmp_path / "batches.jsonl"
+    recorder = ["--trainer.callbacks+=run_helpers.RecordBatches", f"--trainer.callbacks.path={record}"]
+    stopped = cs_train("fit", base_args(files, "pre", "--trainer.max_epochs=2", *recorder,
+                                        "--trainer.callbacks+=run_helpers.SignalAt", "--trainer.callbacks.step=8",
+                                        f"--trainer.callbacks.signum={int(signum)}"))
+    ckpt = torch.load("logs/pre/checkpoints/last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 8, stopped.stderr[-2000:]
+    cs_train("fit", base_args(files, "pre", "--trainer.max_epochs=2", *recorder, "--ckpt_path=last"))
+    rows = [json.loads(line) for line in record.read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(12))  # no step repeated, none skipped
+    second_epoch = [i for r in rows if r["epoch"] == 1 for i in r["ids"]]
+    assert sorted(second_epoch) == sorted(set(second_epoch)) and len(second_epoch) == 48
+    # and the weights are those of an uninterrupted run
+    cs_train("fit", base_args(files, "straight", "--trainer.max_epochs=2"))
+    assert max_difference(weights(Path("logs/pre/checkpoints/last.ckpt")),
+                          weights(Path("logs/straight/checkpoints/last.ckpt"))) < 1e-6
+
+
+def test_nan_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(tmp_path):
+    files = data_files(tmp_path / "data")
+    done = cs_train("fit", base_args(files, "nan", "--trainer.max_epochs=3", "--checkpoint.every_n_train_steps=2",
+                                     "--trainer.log_every_n_steps=3", "--trainer.callbacks+=run_helpers.NaNAt",
+                                     "--trainer.callbacks.step=5"), check=False)
+    assert done.returncode == 2, done.stderr[-3000:]
+    error = [line for line in done.stderr.splitlines() if line.startswith("cs-train: error:")]
+    assert len(error) == 1 and "NaN or infinite at step 5" in error[0] and "Traceback" not in done.stderr
+    last = torch.load("logs/nan/checkpoints/last.ckpt", map_location="cpu", weights_only=True)
+    assert last["global_step"] == 4
+    assert all(bool(torch.isfinite(t).all()) for t in last["state_dict"].values() if t.is_floating_point())
+
+
+CRASH_DURING_WRITE = """
+import os, sys, torch
+from cs_lightning.io import AtomicCheckpointIO
+real_save = torch.save
+def crash(obj, f, *a, **k):
+    f.write(b"PK-partial")  # a few bytes of a zip archive, then the process dies mid-write
+    f.flush()
+    os._exit(9)
+torch.save = crash
+AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.ones(3)}}, sys.argv[1])
+"""
+
+
+def test_a_crash_during_a_checkpoint_write_leaves_the_previous_one_loadable(tmp_path):
+    from cs_lightning.io import AtomicCheckpointIO
+
+    path = tmp_path / "ckpts" / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.zeros(3)}, "global_step": 4}, path)
+    done = subprocess.run([sys.executable, "-c", CRASH_DURING_WRITE, str(path)], capture_output=True)
+    assert done.returncode == 9
+    assert torch.load(path, weights_only=True)["global_step"] == 4
+    assert sorted(p.name for p in path.parent.glob("*.ckpt")) == ["last.ckpt"]  # the torn file is not a .ckpt
+
+
+def test_non_finite_weights_are_never_written(tmp_path):
+    from cs_lightning.errors import CSLightningError
+    from cs_lightning.io import AtomicCheckpointIO
+
+    path = tmp_path / "last.ckpt"
+    with pytest.raises(CSLightningError, match="NaN or infinity"):
+        AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.tensor([1.0, float("inf")])}}, path)
+    assert not path.exists()
