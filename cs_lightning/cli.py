@@ -60,6 +60,7 @@ class CSLightningCLI(LightningCLI):
                              "checkpoint.save_last": True})
         parser.link_arguments("model.init_args.backbone", "data.init_args.backbone")
         parser.link_arguments("model.init_args.model_name_or_path", "data.init_args.tokenizer")
+        parser.link_arguments("model.init_args.trust_remote_code", "data.init_args.trust_remote_code")
         parser.link_arguments("data.init_args.language", "model.init_args.language")
         parser.link_arguments("data.init_args.oos_label", "model.init_args.oos_label")
         # values known once the data is read; a user's own DataModule without them simply passes None
@@ -108,12 +109,18 @@ class CSLightningCLI(LightningCLI):
         experiment = self._experiment(cfg)
         cfg.experiment = experiment
         run_dir = Path(LOG_DIR) / experiment
-        logger = cfg.trainer.get("logger")
-        if hasattr(logger, "get") and logger.get("class_path") == TENSORBOARD:
+        loggers = cfg.trainer.get("logger")
+        loggers = loggers if isinstance(loggers, list) else [loggers]
+        for logger in reversed(loggers):  # the first TensorBoard logger decides the run folder
+            if not hasattr(logger, "get") or logger.get("init_args") is None:
+                continue
             init = logger.init_args
-            if init.get("name") in (None, "lightning_logs"):
+            if logger.get("class_path") == TENSORBOARD:
+                if init.get("name") in (None, "lightning_logs"):
+                    init.name = experiment
+                run_dir = Path(init.save_dir) / init.name
+            elif logger.get("class_path", "").endswith("WandbLogger") and not init.get("name"):
                 init.name = experiment
-            run_dir = Path(init.save_dir) / init.name
         if cfg.checkpoint.get("dirpath") is None:
             cfg.checkpoint.dirpath = str(run_dir / "checkpoints")
         if cfg.get("predict_output") is None:

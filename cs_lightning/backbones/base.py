@@ -51,6 +51,8 @@ class Backbone:
     tokenizer_kind: ClassVar[str] = "wordpiece"
     config_class: ClassVar[type | None] = None
     sizes: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: run Python code shipped with hub weights (``model.trust_remote_code``); off unless a config turns it on
+    trust_remote_code: bool = False
 
     # ----------------------------------------------------------------- tokenizer
     def load_tokenizer(self, path: str):
@@ -58,7 +60,7 @@ class Backbone:
         from transformers import AutoTokenizer
 
         try:
-            tokenizer = AutoTokenizer.from_pretrained(path)
+            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=self.trust_remote_code)
         except (OSError, ValueError) as err:
             raise ConfigError("tokenizer", f"cannot load a tokenizer from '{path}': {str(err).splitlines()[0]}",
                               "give a folder with tokenizer files, or set model.pretrained: false to train one") from None
@@ -87,7 +89,7 @@ class Backbone:
 
         overrides = dict(overrides or {})
         if source is not None:
-            config = AutoConfig.from_pretrained(source.path, **task_kwargs)
+            config = AutoConfig.from_pretrained(source.path, trust_remote_code=self.trust_remote_code, **task_kwargs)
         else:
             if size not in self.sizes:
                 raise ConfigError("model.model_size", f"unknown size {size!r} for backbone '{self.name}'",
@@ -145,7 +147,8 @@ class Backbone:
         auto = {"intent": "AutoModelForSequenceClassification", "causal": "AutoModelForCausalLM",
                 "seq2seq": "AutoModelForSeq2SeqLM"}[task if task == "intent" else self.reply_kind]
         auto = getattr(transformers, auto)
-        model = auto.from_pretrained(source.path, config=config) if pretrained else auto.from_config(config)
+        model = (auto.from_pretrained(source.path, config=config, trust_remote_code=self.trust_remote_code)
+                 if pretrained else auto.from_config(config, trust_remote_code=self.trust_remote_code))
         if model.get_input_embeddings().num_embeddings < len(tokenizer):
             model.resize_token_embeddings(len(tokenizer))
         return model

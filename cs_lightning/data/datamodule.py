@@ -93,6 +93,7 @@ class CSDataModule(pl.LightningDataModule):
             tokenizer is trained on the training texts and cached.
         tokenizer_vocab_size: vocabulary size of a trained tokenizer.
         lowercase: fold case in a trained tokenizer (default: yes for intents, no for replies).
+        trust_remote_code: let the tokenizer run code shipped with hub files (cs-train links the model's setting).
     """
 
     domain: str | None = None
@@ -108,7 +109,7 @@ class CSDataModule(pl.LightningDataModule):
                  label_column: str | None = None, history_column: str | None = None, id_column: str | None = None,
                  group_by_length: bool = True, pad_to_multiple_of: int | None = None, num_workers: int = 0,
                  backbone: str = "bert", tokenizer: str | None = None, tokenizer_vocab_size: int = 8000,
-                 lowercase: bool | None = None):
+                 lowercase: bool | None = None, trust_remote_code: bool = False):
         super().__init__()
         task = task or "intent"
         if task not in TASKS:
@@ -133,6 +134,7 @@ class CSDataModule(pl.LightningDataModule):
         self.label_names: list[str] | None = None
         self.label_counts: list[int] | None = None
         self.backbone = get_backbone(backbone)
+        self.backbone.trust_remote_code = trust_remote_code  # linked from model.trust_remote_code by cs-train
         if task not in self.backbone.supported_tasks:
             raise ConfigError("model.backbone", f"backbone '{backbone}' does not support task '{task}'",
                               f"it supports: {', '.join(self.backbone.supported_tasks)}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from cs_lightning.errors import ConfigError
 from cs_lightning.pretrained import not_found, resolve_model
@@ -41,8 +41,13 @@ class BackboneModule(pl.LightningModule):
     task: str = ""
 
     def build_backbone(self, backbone: str, model_name_or_path: str | None, pretrained: bool, tokenizer_path: str | None,
-                       model_size: str, config_overrides: dict | None, **task_kwargs) -> None:
+                       model_size: str, config_overrides: dict | None, trust_remote_code: bool = False,
+                       **task_kwargs) -> None:
         self.backbone = get_backbone(backbone)
+        if trust_remote_code:
+            rank_zero_warn("model.trust_remote_code is on: Python code shipped with the weights will run; use it "
+                           "only for weights whose source you trust")
+            self.backbone.trust_remote_code = True
         source = resolve_model(model_name_or_path) if model_name_or_path else None
         if tokenizer_path is None and source is None:
             raise ConfigError("model.tokenizer_path", "no tokenizer",

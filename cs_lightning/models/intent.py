@@ -70,6 +70,7 @@ class IntentClassifier(BackboneModule):
         warmup_ratio: share of the training steps spent warming the learning rate up from 0.
         model_size: architecture when there is no ``model_name_or_path``: tiny, small or base.
         config_overrides: Hugging Face config attributes to change, e.g. ``{hidden_dropout_prob: 0.2}``.
+        trust_remote_code: run Python code that hub weights ship with (off: only built-in architectures load).
         label_smoothing: cross-entropy label smoothing.
         top_k: alternatives reported with each prediction.
         class_weights: weight the loss by inverse label frequency in the training data (imbalanced data).
@@ -90,7 +91,8 @@ class IntentClassifier(BackboneModule):
                  model_size: str = "small", config_overrides: dict | None = None, label_smoothing: float = 0.0,
                  top_k: int = 3, class_weights: bool = False, oos_label: str | None = None,
                  oos_threshold: float | None = None, oos_target: str = "macro_f1", labels: list[str] | None = None,
-                 label_counts: list[int] | None = None, tokenizer_path: str | None = None):
+                 label_counts: list[int] | None = None, tokenizer_path: str | None = None,
+                 trust_remote_code: bool = False):
         super().__init__()
         if not labels or len(labels) < 2:
             raise ConfigError("model.labels", "an intent classifier needs at least two label names",
@@ -99,6 +101,7 @@ class IntentClassifier(BackboneModule):
             raise ConfigError("model.learning_rate", f"must be positive, got {learning_rate}")
         self.save_hyperparameters()
         self.build_backbone(backbone, model_name_or_path, pretrained, tokenizer_path, model_size, config_overrides,
+                            trust_remote_code=trust_remote_code,
                             labels=list(labels))
         n = len(labels)
         if oos_target != "macro_f1" and not (oos_target.startswith("precision:") and

@@ -94,6 +94,7 @@ class ReplyGenerator(BackboneModule):
         warmup_ratio: share of the training steps spent warming the learning rate up from 0.
         model_size: architecture when there is no ``model_name_or_path``: tiny, small or base.
         config_overrides: Hugging Face config attributes to change.
+        trust_remote_code: run Python code that hub weights ship with (off: only built-in architectures load).
         num_beams: beam width when generating (1: greedy).
         max_new_tokens: longest generated reply, in tokens.
         no_repeat_ngram_size: never repeat an n-gram of this size in a reply (0: off).
@@ -112,10 +113,11 @@ class ReplyGenerator(BackboneModule):
                  model_size: str = "small", config_overrides: dict | None = None, num_beams: int = 1,
                  max_new_tokens: int = 48, no_repeat_ngram_size: int = 3, repetition_penalty: float = 1.0,
                  samples_to_log: int = 8, language: str = "en", rules_path: str | None = None,
-                 tokenizer_path: str | None = None):
+                 tokenizer_path: str | None = None, trust_remote_code: bool = False):
         super().__init__()
         self.save_hyperparameters()
-        self.build_backbone(backbone, model_name_or_path, pretrained, tokenizer_path, model_size, config_overrides)
+        self.build_backbone(backbone, model_name_or_path, pretrained, tokenizer_path, model_size, config_overrides,
+                            trust_remote_code=trust_remote_code)
         self.causal = self.backbone.reply_kind == "causal"
         self.rules = BusinessRules.load(rules_path) if rules_path else BusinessRules()
         self.bad_words_ids = self._bad_words_ids()
