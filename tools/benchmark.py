@@ -1,0 +1,853 @@
+"""Training throughput of cs-lightning against a plain PyTorch loop and the Hugging Face Trainer.
+
+The same model is trained on the same token ids with the same batch size, precision, threads and optimizer, four ways,
+each in a fresh subprocess (``python tools/benchmark.py --runner NAME ...`` re-invokes this file and prints one JSON
+line of results):
+
+``plain``
+    A hand-written loop over cs-lightning's own pieces: the ``IntentDataModule``/``DialogueDataModule`` built from the
+    config (cached tokens, ``LengthGroupedBatchSampler``, ``PadCollator``), the ``IntentClassifier``/``ReplyGenerator``
+    module's forward and loss, and the optimizer and schedule its ``configure_optimizers()`` returns (AdamW fused on
+    GPU / foreach on CPU, decay and no-decay groups, linear warm-up then decay). No Lightning Trainer:
+    forward, backward, ``optimizer.step()``, ``scheduler.step()``, ``zero_grad(set_to_none=True)``. So
+    ``cs_vs_plain`` is the cost of the framework alone (Trainer, callbacks, logging), nothing else.
+``cs``
+    cs-lightning as users run it: ``cs-train fit --config configs/<case>.yaml`` (``CSLightningCLI`` with its default
+    callbacks: progress bar, TensorBoard logger, ``BestAndLastCheckpoint``, ``LearningRateMonitor``, artifacts...),
+    with overrides for the step count, no validation and a temporary log folder. A small callback is appended to
+    time the steps; nothing else changes.
+``hf`` / ``hf_grouped``
+    ``transformers.Trainer`` on the same token ids (taken from the data module's tokenized training set, as a list of
+    dicts), ``DataCollatorWithPadding``, ``AutoModelForSequenceClassification`` from the same weights (or the same
+    random-init config), the same learning rate, weight decay, warm-up share, label smoothing and AdamW
+    implementation, no gradient clipping (cs-lightning does not clip by default), ``report_to="none"``, no saving, no
+    evaluation, default data-loader settings. ``hf`` samples random batches (the Trainer's default);
+    ``hf_grouped`` sets ``train_sampling_strategy="group_by_length"`` (the transformers 5 name of the old
+    ``group_by_length=True``). Banking77 only. Note that HF's grouped sampler serves each mega-batch longest batch
+    first (cs-lightning shuffles its length-grouped batches), so a short timed window sees hf_grouped's longer
+    batches: ``mean_padded_length`` shows it, and ``tokens_per_s`` is the fairer figure for that pair.
+
+Cases: ``banking77`` (``configs/bert_intent_banking77.yaml`` on ``<data-dir>/banking77/train.csv``: intent
+classification, short messages) and ``sgd`` (``configs/gpt_reply_sgd.yaml`` on ``<data-dir>/sgd_subset/train``:
+multi-turn reply generation with up to 128 context + 48 reply tokens, GPT from scratch; runners plain and cs only).
+Validation is off everywhere (``val_fraction 0``, no val/test file), so only training is timed.
+
+Runs alternate and repeat: repeat 1 runs plain, cs, hf, hf_grouped, repeat 2 the reverse, and so on; each figure is
+the median over the repeats, so a noisy neighbour on the machine moves all runners alike.
+
+How to run::
+
+    python tools/benchmark.py --quick                  # MiniLM, 1,500 Banking77 examples, 1+6 steps: ~2 min on 2 cores
+    python tools/benchmark.py                          # full: all of Banking77 and the SGD case, 5+20 steps
+                                                       # (15-30 minutes on 2 CPU cores; a few on a GPU)
+    python tools/benchmark.py --device cuda --precision bf16-mixed --model-size bert-base --out bench.json
+    python tools/benchmark.py --runner cs --case banking77 --quick   # one runner once, one JSON line
+
+Options: ``--device cpu|cuda``, ``--precision 32-true|bf16-mixed|16-mixed`` (16-mixed needs CUDA),
+``--model-size minilm`` (all-MiniLM-L6-v2 offline weights, as the configs use) or ``bert-base`` (a random-init
+BERT-base: 12 layers, hidden 768, on MiniLM's uncased 30,522-token vocabulary, so the token ids stay the same; for the
+SGD case: GPT-2 base size), ``--batch-size`` (32), ``--repeats`` (3), ``--warmup`` W and ``--steps`` N, ``--runners``,
+``--cases``, ``--threads`` (the same ``torch.set_num_threads`` in every runner; default torch's, but 1 for ``--quick``
+on CPU, since two threads on a busy 2-core machine stall each other), ``--out FILE`` (also write the JSON).
+
+What each number means (every runner measures the same way):
+
+- steps are counted at the end of each optimizer step (after ``scheduler.step()``); the first W steps are warm-up and
+  are not timed; the clock runs from the end of step W to the end of step W+N (on CUDA with a synchronize at both
+  ends), so every cost between two steps (data loading, collation, hooks, logging, progress bar) is included;
+- ``samples_per_s``: samples in steps W+1..W+N divided by those seconds; ``step_ms``: seconds per step;
+- ``tokens_per_s``: real (non-pad) tokens per second, the sum of ``attention_mask`` over those batches;
+- ``pad_fraction``: the share of computed positions that are padding (1 - non-pad / padded tokens);
+- ``first_step_s``: from the moment the parent started the subprocess to the end of the first optimizer step
+  (interpreter start, imports, reading and tokenizing with a warm token cache, model load, trainer set-up); the
+  parent builds each case's data module once before the runs, so tokenizers and token caches are warm;
+- ``peak_rss_mb``: the process's peak resident memory (``ru_maxrss``); ``peak_gpu_mb``: ``max_memory_allocated``;
+- ``cpu_util``: CPU seconds the process used in the timed steps / (seconds x threads); on a CPU run, well under 1
+  means the runner was starved by other load on the machine, so its figures are not to be trusted;
+- ``mfu`` (CUDA only): model-FLOPs utilisation, ``6 * N * T / t / P``, where T is the padded tokens actually computed
+  in the timed steps (batch x padded length, summed), t their seconds, P the device's dense bf16 peak (H100/H200:
+  989e12 FLOP/s, A100: 312e12; ``--peak-flops`` for other cards) and N the parameters of the matrix-multiply layers
+  (weights and biases of ``nn.Linear`` and GPT-2's ``Conv1D``, a tied LM head counted once; embedding tables and
+  norms left out, as they cost no matmul), reported as ``params_matmul`` beside ``params``: 2N FLOPs per token
+  forward, 4N backward. Attention-score FLOPs (about ``12 * layers * seq * hidden`` per token) are left out too, so
+  MFU slightly underestimates long sequences. In 32-true it is still relative to the bf16 peak.
+- ratios: ``cs_vs_plain`` = median samples/s of cs / median samples/s of plain (Banking77); 0.95 means cs runs at
+  95% of the plain loop's speed. ``cs_vs_hf`` and ``cs_vs_hf_grouped`` likewise against the two HF Trainer runs.
+
+``--quick`` is a short measurement (12 processes, six timed steps each after one warm-up step, about two minutes on
+2 CPU cores): enough for stable ratios on CPU (the three repeats agree within a few per cent), not for absolute
+numbers; take published numbers from the full run or a GPU run.
+
+A runner process ends right after its last timed step (what would follow, such as cs-train's checkpoint at the end
+of training, is outside every figure). The last line printed is one JSON object; a readable table comes before it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib
+import inspect
+import json
+import os
+import platform
+import random
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RUNNERS = ("plain", "cs", "hf", "hf_grouped")
+CASES = {
+    # case: (config, training data under --data-dir, runners that support it)
+    "banking77": ("configs/bert_intent_banking77.yaml", "banking77/train.csv", RUNNERS),
+    "sgd": ("configs/gpt_reply_sgd.yaml", "sgd_subset/train", ("plain", "cs")),
+}
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
+QUICK = {"train_limit": 1500, "warmup": 1, "steps": 6, "cases": "banking77"}
+FULL = {"warmup": 5, "steps": 20, "cases": "banking77,sgd"}
+H100_BF16_DENSE = 989e12  # FLOP/s, dense bf16, H100 SXM and H200
+
+
+def peak_flops(device_name: str) -> float | None:
+    """Dense bf16 peak of the card, from its name (None when unknown: pass --peak-flops)."""
+    name = device_name.upper()
+    if "H100" in name or "H200" in name:
+        return H100_BF16_DENSE
+    if "A100" in name:
+        return 312e12
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------- arguments
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true",
+                        help=f"MiniLM on {QUICK['train_limit']} Banking77 examples, {QUICK['warmup']}+{QUICK['steps']} "
+                             "steps, no SGD case (under 3 minutes on 2 CPU cores)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
+    parser.add_argument("--precision", choices=PRECISIONS, default="32-true")
+    parser.add_argument("--model-size", choices=("minilm", "bert-base"), default="minilm")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each runner; figures are medians")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps N (default: 6 quick, 20 full)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed warm-up steps W (default: 1 quick, 5 full)")
+    parser.add_argument("--runners", default=",".join(RUNNERS), help="comma-separated subset of " + ",".join(RUNNERS))
+    parser.add_argument("--cases", default=None,
+                        help="comma-separated: banking77,sgd (default: both; --quick: banking77)")
+    parser.add_argument("--train-limit", type=int, default=None,
+                        help="use this many training examples of Banking77 (a seeded sample; --quick: 1500)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads in every runner (default: torch's; --quick on CPU: 1)")
+    parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
+    parser.add_argument("--peak-flops", type=float, default=None, help="device peak FLOP/s for MFU (default: by name)")
+    parser.add_argument("--child-timeout", type=float, default=600, help="seconds one runner may take")
+    parser.add_argument("--out", default=None, help="also write the final JSON here")
+    # one runner in this process (what the parent invokes)
+    parser.add_argument("--runner", choices=RUNNERS, default=None, help="run one runner once and print its JSON line")
+    parser.add_argument("--case", choices=tuple(CASES), default="banking77", help="the case of --runner")
+    parser.add_argument("--train-file", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--tokens-file", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--result-file", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--t0", type=float, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--work-dir", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    preset = QUICK if args.quick else FULL
+    if args.quick and args.train_limit is None:
+        args.train_limit = QUICK["train_limit"]
+    args.warmup = preset["warmup"] if args.warmup is None else args.warmup
+    args.steps = preset["steps"] if args.steps is None else args.steps
+    args.cases = [c for c in (args.cases or preset["cases"]).split(",") if c]
+    args.runners = [r for r in args.runners.split(",") if r]
+    for name in args.cases:
+        if name not in CASES:
+            parser.error(f"unknown case {name!r}; choose from {', '.join(CASES)}")
+    for name in args.runners:
+        if name not in RUNNERS:
+            parser.error(f"unknown runner {name!r}; choose from {', '.join(RUNNERS)}")
+    if args.warmup < 1 or args.steps < 1:
+        parser.error("--warmup and --steps must be at least 1 (the clock starts at the end of step W)")
+    if args.device is None:
+        import torch
+
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.precision == "16-mixed" and args.device != "cuda":
+        parser.error("--precision 16-mixed needs --device cuda (use bf16-mixed on CPU)")
+    if args.threads is None:
+        import torch
+
+        # --quick on CPU: one thread. Two threads on a 2-core machine where anything else is running spend most of
+        # their time waiting for each other at every op (a busy neighbour made steps 28x slower); one is robust.
+        args.threads = 1 if args.quick and args.device == "cpu" else torch.get_num_threads()
+    return args
+
+
+# ---------------------------------------------------------------------------------------------------- the cases
+def train_file(args, case: str, work_dir: Path) -> str:
+    """The training data of ``case``: the shared file, or a seeded sample of ``--train-limit`` Banking77 rows written
+    to ``work_dir`` (a temporary folder outside the repository)."""
+    path = Path(args.data_dir) / CASES[case][1]
+    if not path.exists():
+        raise SystemExit(f"benchmark: {path} not found (the shared data folder sits beside the checkout; "
+                         "give --data-dir)")
+    if case != "banking77" or not args.train_limit:
+        return str(path)
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    header, body = rows[0], rows[1:]
+    if args.train_limit >= len(body):
+        return str(path)
+    chosen = sorted(random.Random(0).sample(range(len(body)), args.train_limit))
+    subset = work_dir / f"banking77_train_{args.train_limit}.csv"
+    if not subset.exists():
+        with open(subset, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(header)
+            writer.writerows(body[i] for i in chosen)
+    return str(subset)
+
+
+def case_spec(args, case: str, train_path: str) -> dict:
+    """Config file plus the overrides every runner applies (CLI flags for cs, keyword arguments for the others)."""
+    data = {"train_file": train_path, "val_file": None, "test_file": None, "val_fraction": 0.0,
+            "batch_size": args.batch_size}
+    model: dict = {}
+    if args.model_size == "bert-base":
+        if case == "banking77":  # BERT-base shape on MiniLM's (= bert-base-uncased's) vocabulary, random init
+            from cs_lightning.backbones.bert import BertBackbone
+
+            model = {"pretrained": False, "config_overrides": dict(BertBackbone.sizes["base"])}
+        else:
+            model = {"model_size": "base"}
+    return {"case": case, "config": str(REPO / CASES[case][0]), "data": data, "model": model}
+
+
+def resolved_config(spec: dict) -> dict:
+    """The config's model and data settings with the overrides applied and the CLI's links resolved (model ->
+    data: backbone, tokenizer), as ``cs-train`` would instantiate them."""
+    import yaml
+
+    cfg = yaml.safe_load(Path(spec["config"]).read_text(encoding="utf-8"))
+    model_kw = {**(cfg["model"].get("init_args") or {}), **spec["model"]}
+    data_kw = {**(cfg["data"].get("init_args") or {}), **spec["data"]}
+    data_kw["backbone"] = model_kw.get("backbone", "bert")
+    data_kw["tokenizer"] = model_kw.get("model_name_or_path")
+    if model_kw.get("trust_remote_code"):  # linked the same way by newer cs-train versions
+        data_kw["trust_remote_code"] = True
+    return {"seed": cfg.get("seed_everything", 42), "model_class": cfg["model"]["class_path"],
+            "data_class": cfg["data"]["class_path"], "model": model_kw, "data": data_kw}
+
+
+def _import(class_path: str):
+    module, _, name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def build_datamodule(conf: dict):
+    return _import(conf["data_class"])(**conf["data"])
+
+
+def build_module(conf: dict, dm):
+    """The LightningModule with the values the CLI links from the data module (labels, counts, tokenizer...)."""
+    cls = _import(conf["model_class"])
+    accepted = inspect.signature(cls.__init__).parameters
+    links = {"labels": dm.label_names, "label_counts": dm.label_counts, "tokenizer_path": dm.tokenizer_path,
+             "rules_path": dm.rules_path, "language": dm.hparams.language, "oos_label": dm.hparams.oos_label}
+    kwargs = {**conf["model"], **{k: v for k, v in links.items() if k in accepted}}
+    return cls(**kwargs)
+
+
+def cs_cli_args(spec: dict, args, total_steps: int, log_dir: str) -> list[str]:
+    """``cs-train fit`` arguments for the cs runner."""
+    out = ["fit", "--config", spec["config"]]
+    for key, value in spec["data"].items():
+        out += [f"--data.init_args.{key}", "null" if value is None else json.dumps(value) if isinstance(value, dict)
+                else str(value)]
+    for key, value in spec["model"].items():
+        out += [f"--model.init_args.{key}", json.dumps(value) if isinstance(value, (dict, bool)) else str(value)]
+    out += ["--trainer.max_steps", str(total_steps), "--trainer.accelerator", "gpu" if args.device == "cuda" else "cpu",
+            "--trainer.devices", "1", "--trainer.precision", args.precision, "--trainer.limit_val_batches", "0",
+            "--trainer.num_sanity_val_steps", "0", "--trainer.logger.init_args.save_dir", log_dir]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- measuring
+class StepRecorder:
+    """Timestamps at the end of optimizer steps; batch sizes from the collator (on the CPU, before any transfer).
+
+    ``batch_done(batch)`` is called by the collator wrapper for every batch, in order; ``step_end()`` at the end of
+    every optimizer step. Step k consumed the k-th collated batch (one batch per step, no accumulation). After the
+    last timed step, ``emit(report())`` hands the result over and ends the process: whatever a runner does after
+    training (checkpoint writing, teardown) is not part of any figure, so it is not waited for.
+    """
+
+    def __init__(self, t0: float, warmup: int, steps: int, cuda: bool):
+        self.t0, self.warmup, self.steps, self.cuda = t0, warmup, steps, cuda
+        self.batches: list[tuple[int, int, int]] = []  # (samples, non-pad tokens, padded tokens)
+        self.count = 0
+        self.first_step_s = self.start = self.end = None
+        self.cpu_start = self.cpu_end = None
+        self.report = None  # set by the runner: () -> result dict
+        self.emit = None  # set by run_one: result dict -> never returns
+
+    def batch_done(self, batch: dict) -> None:
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        self.batches.append((int(ids.shape[0]), int(mask.sum()), int(ids.numel())))
+
+    def _sync(self) -> None:
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize()
+
+    def step_end(self) -> None:
+        self.count += 1
+        k = self.count
+        if k == 1 or k == self.warmup or k == self.warmup + self.steps:
+            self._sync()
+            now = time.perf_counter()
+            if k == 1:
+                self.first_step_s = time.time() - self.t0
+            if k == self.warmup:
+                self.start, self.cpu_start = now, time.process_time()
+            if k == self.warmup + self.steps:
+                self.end, self.cpu_end = now, time.process_time()
+                if self.emit is not None and self.report is not None:
+                    self.emit(self.report())
+
+    @property
+    def done(self) -> bool:
+        return self.count >= self.warmup + self.steps
+
+    def result(self) -> dict:
+        if self.end is None:
+            raise RuntimeError(f"only {self.count} steps ran, {self.warmup + self.steps} needed "
+                               "(fewer batches than steps? lower --steps/--warmup)")
+        timed = self.batches[self.warmup:self.warmup + self.steps]
+        seconds = self.end - self.start
+        samples, real, padded = (sum(b[i] for b in timed) for i in range(3))
+        import torch
+
+        return {"seconds": seconds, "samples_per_s": samples / seconds, "tokens_per_s": real / seconds,
+                # CPU seconds of this process per wall second per thread: well under 1 on a CPU run means it was
+                # starved (other load on the machine) rather than slow
+                "cpu_util": (self.cpu_end - self.cpu_start) / seconds / torch.get_num_threads(),
+                "padded_tokens_per_s": padded / seconds, "step_ms": 1000 * seconds / self.steps,
+                "pad_fraction": 1 - real / padded, "mean_padded_length": padded / samples,
+                "first_step_s": self.first_step_s, "timed_samples": samples, "timed_padded_tokens": padded}
+
+
+class RecordingCollator:
+    """Wraps a collator and reports every batch to the recorder."""
+
+    def __init__(self, inner, recorder: StepRecorder):
+        self.inner, self.recorder = inner, recorder
+
+    def __call__(self, samples):
+        batch = self.inner(samples)
+        self.recorder.batch_done(batch)
+        return batch
+
+
+def matmul_params(model) -> int:
+    """Parameters of the matrix-multiply layers (Linear, GPT-2's Conv1D), shared weights counted once."""
+    import torch
+
+    seen, total = set(), 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D":
+            for p in module.parameters(recurse=False):
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    total += p.numel()
+    return total
+
+
+def finish(rec: StepRecorder, args, runner: str, case: str, model, extra: dict | None = None) -> dict:
+    import torch
+
+    out = {"runner": runner, "case": case, **rec.result()}
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["params"] = sum(p.numel() for p in model.parameters())
+    out["params_matmul"] = matmul_params(model)
+    out["threads"] = torch.get_num_threads()
+    out["peak_gpu_mb"] = out["mfu"] = None
+    if args.device == "cuda":
+        out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20
+        peak = args.peak_flops or peak_flops(torch.cuda.get_device_name())
+        if peak:
+            out["mfu"] = 6 * out["params_matmul"] * out["padded_tokens_per_s"] / peak
+    out.update(extra or {})
+    return out
+
+
+def autocast(args):
+    import torch
+
+    if args.precision == "32-true":
+        return nullcontext()
+    dtype = torch.bfloat16 if args.precision == "bf16-mixed" else torch.float16
+    return torch.autocast(device_type=args.device, dtype=dtype)
+
+
+# ---------------------------------------------------------------------------------------------------- runners
+def _impl(optimizer) -> str:
+    """Which AdamW implementation an optimizer uses."""
+    defaults = optimizer.defaults
+    return "fused" if defaults.get("fused") else "foreach" if defaults.get("foreach") else "for-loop"
+
+
+class _OptimizerTrainerShim:
+    """What ``BackboneModule.configure_optimizers`` reads from a Trainer: the step count and clipping."""
+
+    def __init__(self, total_steps: int):
+        self.estimated_stepping_batches = total_steps
+        self.gradient_clip_val = None
+
+
+def run_plain(args, spec: dict, rec: StepRecorder) -> dict:
+    import torch
+    from lightning.pytorch import seed_everything
+
+    conf = resolved_config(spec)
+    seed_everything(conf["seed"], verbose=False)
+    dm = build_datamodule(conf)
+    module = build_module(conf, dm)
+    device = torch.device(args.device)
+    module.to(device)
+    module.train()
+    total = args.warmup + args.steps
+    module._trainer = _OptimizerTrainerShim(total)
+    configured = module.configure_optimizers()
+    module._trainer = None
+    optimizer, scheduler = configured["optimizer"], configured["lr_scheduler"]["scheduler"]
+    loader = dm.train_dataloader()
+    loader.collate_fn = RecordingCollator(loader.collate_fn, rec)
+    scaler = torch.amp.GradScaler("cuda") if args.precision == "16-mixed" else None
+    intent = dm.task == "intent"
+    non_blocking = device.type == "cuda"
+    rec.report = lambda: finish(rec, args, "plain", spec["case"], module.model, {"optimizer": _impl(optimizer)})
+    epoch = 0
+    while not rec.done:
+        loader.batch_sampler.set_epoch(epoch)
+        for batch in loader:
+            batch = {k: v.to(device, non_blocking=non_blocking) if torch.is_tensor(v) else v for k, v in batch.items()}
+            with autocast(args):
+                if intent:
+                    loss = module._loss(module(**module.model_inputs(batch)), batch["labels"])
+                else:
+                    loss = module(batch["input_ids"], batch["attention_mask"], batch["labels"]).loss
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            rec.step_end()
+            if rec.done:
+                break
+        epoch += 1
+    return rec.report()
+
+
+def run_cs(args, spec: dict, rec: StepRecorder) -> dict:
+    from lightning.pytorch.callbacks import Callback
+
+    from cs_lightning.cli import CSLightningCLI
+
+    class StepTimer(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            rec.step_end()
+
+    class BenchCLI(CSLightningCLI):
+        """cs-train exactly, plus the step timer and the batch recorder."""
+
+        def instantiate_trainer(self, **kwargs):
+            trainer = super().instantiate_trainer(**kwargs)
+            callbacks = sorted(type(c).__name__ for c in trainer.callbacks)
+            trainer.callbacks.append(StepTimer())
+            dm, make, model = self.datamodule, self.datamodule._collator, self.model
+            dm._collator = lambda generation: RecordingCollator(make(generation), rec)
+            rec.report = lambda: finish(rec, args, "cs", spec["case"], model.model, {
+                "callbacks": callbacks, "optimizer": _impl(trainer.optimizers[0]) if trainer.optimizers else None})
+            return trainer
+
+    log_dir = tempfile.mkdtemp(prefix="cs_logs_", dir=args.work_dir)
+    argv, sys.argv = sys.argv, ["cs-train"]  # as cs-train sees it (LightningCLI warns about args plus argv)
+    try:
+        BenchCLI(args=cs_cli_args(spec, args, args.warmup + args.steps, log_dir))
+        return rec.report()
+    finally:
+        sys.argv = argv
+        shutil.rmtree(log_dir, ignore_errors=True)
+
+
+def run_hf(args, spec: dict, rec: StepRecorder, grouped: bool) -> dict:
+    import torch
+    from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
+                              Trainer, TrainerCallback, TrainingArguments)
+
+    from cs_lightning.pretrained import resolve_model
+
+    if spec["case"] != "banking77":
+        raise SystemExit("the HF runners support the banking77 case only")
+    conf = resolved_config(spec)
+    if args.tokens_file:  # exported by the parent: this process need not import cs-lightning's data code
+        tokens = torch.load(args.tokens_file, weights_only=True)
+    else:
+        tokens = export_tokens(spec)
+    encoded, labels = tokens["encoded"], tokens["labels"]
+    offsets = encoded["offsets"].tolist()
+    tokenizer = AutoTokenizer.from_pretrained(tokens["tokenizer_path"])
+
+    class Examples(torch.utils.data.Dataset):
+        """The data module's token ids, as the dicts of lists an HF user's tokenized dataset yields."""
+
+        def __init__(self):
+            self.rows = []
+            for i, label in enumerate(labels.tolist()):
+                span = slice(offsets[i], offsets[i + 1])
+                row = {"input_ids": encoded["input_ids"][span].tolist(), "labels": label}
+                if "token_type_ids" in encoded:
+                    row["token_type_ids"] = encoded["token_type_ids"][span].tolist()
+                self.rows.append(row)
+
+        def __len__(self):
+            return len(self.rows)
+
+        def __getitem__(self, i):
+            return self.rows[i]
+
+    train = Examples()
+    m = conf["model"]
+    names = tokens["label_names"]
+    source = resolve_model(m["model_name_or_path"]).path
+    config = AutoConfig.from_pretrained(source, num_labels=len(names), id2label=dict(enumerate(names)),
+                                        label2id={name: i for i, name in enumerate(names)})
+    for key, value in (m.get("config_overrides") or {}).items():
+        setattr(config, key, value)
+    torch.manual_seed(conf["seed"])
+    if m.get("pretrained", True):
+        model = AutoModelForSequenceClassification.from_pretrained(source, config=config)
+    else:
+        model = AutoModelForSequenceClassification.from_config(config)
+
+    class StepTimer(TrainerCallback):
+        def on_step_end(self, targs, state, control, **kwargs):
+            rec.step_end()
+
+    total = args.warmup + args.steps
+    impl = {"fused": True} if args.device == "cuda" else {"foreach": True}  # what cs-lightning's AdamW uses
+    out_dir = tempfile.mkdtemp(prefix="hf_out_", dir=args.work_dir)
+    try:
+        targs = TrainingArguments(
+            output_dir=out_dir, per_device_train_batch_size=args.batch_size, max_steps=total,
+            learning_rate=m.get("learning_rate", 5e-5), weight_decay=m.get("weight_decay", 0.01),
+            warmup_steps=int(total * m.get("warmup_ratio", 0.1)), lr_scheduler_type="linear",
+            label_smoothing_factor=m.get("label_smoothing", 0.0), max_grad_norm=0.0,
+            bf16=args.precision == "bf16-mixed", fp16=args.precision == "16-mixed", use_cpu=args.device == "cpu",
+            report_to="none", save_strategy="no", eval_strategy="no", seed=conf["seed"],
+            train_sampling_strategy="group_by_length" if grouped else "random")
+        collator = RecordingCollator(DataCollatorWithPadding(tokenizer), rec)
+        rec.report = lambda: finish(rec, args, "hf_grouped" if grouped else "hf", spec["case"], model, {
+            "optimizer": next(iter(impl)), "sampling": targs.train_sampling_strategy})
+        adamw = {"lr": targs.learning_rate, "betas": (0.9, 0.999), "eps": 1e-8, **impl}  # as configure_optimizers
+        trainer = Trainer(model=model, args=targs, train_dataset=train, data_collator=collator,
+                          processing_class=tokenizer, callbacks=[StepTimer()],
+                          optimizer_cls_and_kwargs=(torch.optim.AdamW, adamw))
+        trainer.train()
+        return rec.report()
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
+
+
+def run_one(args) -> dict:
+    """One runner, once, in this process."""
+    t0 = args.t0 if args.t0 is not None else time.time()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
+    torch.set_num_threads(args.threads)
+    owned = args.work_dir is None
+    args.work_dir = args.work_dir or tempfile.mkdtemp(prefix="cs_bench_")
+
+    def emit(result: dict, exit_now: bool = True) -> dict:
+        result.update({"device": args.device, "precision": args.precision, "batch_size": args.batch_size,
+                       "warmup": args.warmup, "steps": args.steps, "model_size": args.model_size})
+        line = json.dumps(result)
+        if args.result_file:
+            Path(args.result_file).write_text(line, encoding="utf-8")
+        if sys.stdout.isatty():
+            print("\033[?25h", end="")  # a live progress bar may have hidden the cursor
+        sys.stderr.write("\n")  # end a progress bar's unfinished line, so the JSON stands on a line of its own
+        sys.stderr.flush()
+        print(line, flush=True)
+        if owned:
+            shutil.rmtree(args.work_dir, ignore_errors=True)
+        if exit_now:  # skip the runner's teardown (checkpoint writing...): it is after the last timed step
+            sys.stderr.flush()
+            os._exit(0)
+        return result
+
+    try:
+        if args.runner in ("hf", "hf_grouped") and args.case != "banking77":
+            raise SystemExit("the HF runners support the banking77 case only")
+        spec = case_spec(args, args.case, args.train_file or train_file(args, args.case, Path(args.work_dir)))
+        rec = StepRecorder(t0, args.warmup, args.steps, args.device == "cuda")
+        rec.emit = emit
+        if args.runner == "plain":
+            result = run_plain(args, spec, rec)
+        elif args.runner == "cs":
+            result = run_cs(args, spec, rec)
+        else:
+            result = run_hf(args, spec, rec, grouped=args.runner == "hf_grouped")
+    except BaseException:
+        if owned:
+            shutil.rmtree(args.work_dir, ignore_errors=True)
+        raise
+    return emit(result, exit_now=False)  # reached only if training stopped early (result() then raises)
+
+
+# ---------------------------------------------------------------------------------------------------- orchestration
+def child_command(args, runner: str, case: str, train_path: str, result_file: Path, work_dir: Path) -> list[str]:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--runner", runner, "--case", case,
+           "--device", args.device, "--precision", args.precision, "--model-size", args.model_size,
+           "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--warmup", str(args.warmup),
+           "--threads", str(args.threads), "--data-dir", args.data_dir, "--train-file", train_path,
+           "--result-file", str(result_file), "--work-dir", str(work_dir), "--t0", str(time.time())]
+    if args.peak_flops:
+        cmd += ["--peak-flops", str(args.peak_flops)]
+    return cmd
+
+
+def launch(cmd: list[str], log: Path, timeout: float, env: dict) -> tuple[int, str]:
+    """Run a child (in this process group, so whoever kills ours kills it too); kill it on timeout."""
+    with open(log, "w", encoding="utf-8") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=str(REPO))
+        try:
+            return proc.wait(timeout=timeout), ""
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            return -9, f"timed out after {timeout:.0f} s"
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def export_tokens(spec: dict) -> dict:
+    """The training split as cs-lightning tokenizes it (flat ids + offsets, labels), with the label names and the
+    tokenizer folder: what the HF runners train on."""
+    dm = build_datamodule(resolved_config(spec))
+    dm.setup("fit")
+    data = dm.datasets["train"]
+    encoded = {k: v for k, v in data.encoded.items() if k in ("input_ids", "token_type_ids", "offsets")}
+    return {"encoded": encoded, "labels": data.labels, "label_names": list(dm.label_names),
+            "tokenizer_path": str(dm.tokenizer_path)}
+
+
+def prime(args, case: str, train_path: str, work_dir: Path) -> str | None:
+    """Build the case's data module once here, so tokenizers and token caches are warm for every runner (the
+    first-step times then compare runs, not cold caches); for Banking77 also export the token ids for the HF
+    runners. Returns the export's path."""
+    import torch
+
+    tokens = export_tokens(case_spec(args, case, train_path))
+    if case != "banking77":
+        return None
+    path = work_dir / f"{case}_tokens.pt"
+    torch.save(tokens, path)
+    return str(path)
+
+
+def median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def summarise(results: list[dict]) -> dict:
+    keys = ("samples_per_s", "tokens_per_s", "step_ms", "first_step_s", "peak_rss_mb", "pad_fraction",
+            "mean_padded_length", "cpu_util", "peak_gpu_mb", "mfu")
+    out = {k: median([r.get(k) for r in results]) for k in keys}
+    out["repeats"] = len(results)
+    out["samples_per_s_all"] = [round(r["samples_per_s"], 2) for r in results]
+    if results:
+        first = results[0]
+        for k in ("params", "params_matmul", "threads", "optimizer", "callbacks", "sampling"):
+            if k in first:
+                out[k] = first[k]
+    return out
+
+
+def ratio(a: dict | None, b: dict | None) -> float | None:
+    if not a or not b or not a.get("samples_per_s") or not b.get("samples_per_s"):
+        return None
+    return round(a["samples_per_s"] / b["samples_per_s"], 3)
+
+
+def machine_info(args) -> dict:
+    import lightning
+    import torch
+    import transformers
+
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"cpu_count": os.cpu_count(), "cpu": name, "threads": args.threads,
+            "load_avg_1min": {"start": round(args.load_start, 2), "end": round(os.getloadavg()[0], 2)},
+            "torch": torch.__version__,
+            "lightning": lightning.__version__, "transformers": transformers.__version__,
+            "python": platform.python_version(), "device": args.device, "device_name": name}
+    if args.device == "cuda":
+        info["device_name"] = torch.cuda.get_device_name()
+        info["peak_flops"] = args.peak_flops or peak_flops(info["device_name"])
+    return info
+
+
+def fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def table(cases: dict, cuda: bool) -> str:
+    head = ["case", "runner", "samples/s", "tokens/s", "step ms", "first step s", "peak RSS MB", "pad %", "pad len",
+            "CPU %", "runs"]
+    if cuda:
+        head += ["GPU MB", "MFU %"]
+    rows = [head]
+    for case, data in cases.items():
+        for runner, s in data["runners"].items():
+            if s.get("error") and not s.get("repeats"):
+                rows.append([case, runner, "failed"] + [""] * (len(head) - 3))
+                continue
+            row = [case, runner, fmt(s["samples_per_s"], ".1f"), fmt(s["tokens_per_s"], ".0f"),
+                   fmt(s["step_ms"], ".0f"), fmt(s["first_step_s"], ".1f"), fmt(s["peak_rss_mb"], ".0f"),
+                   fmt(None if s["pad_fraction"] is None else 100 * s["pad_fraction"], ".1f"),
+                   fmt(s["mean_padded_length"], ".1f"),
+                   fmt(None if s["cpu_util"] is None else 100 * s["cpu_util"], ".0f"),
+                   str(s["repeats"])]
+            if cuda:
+                row += [fmt(s["peak_gpu_mb"], ".0f"), fmt(None if s["mfu"] is None else 100 * s["mfu"], ".1f")]
+            rows.append(row)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def orchestrate(args) -> dict:
+    started = time.time()
+    args.load_start = os.getloadavg()[0]
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
+           "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "PYTHONWARNINGS": "ignore"}
+    work_dir = Path(tempfile.mkdtemp(prefix="cs_bench_"))
+    cases: dict = {}
+    try:
+        for case in args.cases:
+            runners = [r for r in args.runners if r in CASES[case][2]]
+            train_path = train_file(args, case, work_dir)
+            tokens_file = prime(args, case, train_path, work_dir)
+            results: dict = {r: [] for r in runners}
+            errors: dict = {}
+            for rep in range(args.repeats):
+                order = runners if rep % 2 == 0 else runners[::-1]
+                for runner in order:
+                    tag = f"{case}_{runner}_{rep}"
+                    result_file, log = work_dir / f"{tag}.json", work_dir / f"{tag}.log"
+                    cmd = child_command(args, runner, case, train_path, result_file, work_dir)
+                    if tokens_file and runner.startswith("hf"):
+                        cmd += ["--tokens-file", tokens_file]
+                    begin = time.time()
+                    code, why = launch(cmd, log, args.child_timeout, env)
+                    if code == 0 and result_file.exists():
+                        res = json.loads(result_file.read_text(encoding="utf-8"))
+                        results[runner].append(res)
+                        print(f"[{time.time() - started:5.0f}s] {case:9s} {runner:10s} run {rep + 1}: "
+                              f"{res['samples_per_s']:8.1f} samples/s  {res['step_ms']:7.0f} ms/step  "
+                              f"padded length {res['mean_padded_length']:5.1f}  CPU {100 * res['cpu_util']:3.0f}%  "
+                              f"first step {res['first_step_s']:5.1f} s  ({time.time() - begin:.0f} s)", flush=True)
+                    else:
+                        errors.setdefault(runner, []).append(why or f"exit code {code}: {tail(log)}")
+                        print(f"[{time.time() - started:5.0f}s] {case:9s} {runner:10s} run {rep + 1}: FAILED "
+                              f"({why or f'exit code {code}'}); log tail:\n{tail(log)}", file=sys.stderr, flush=True)
+            summary = {r: summarise(results[r]) for r in runners}
+            for r, errs in errors.items():
+                summary[r]["error"] = errs[-1][-2000:]
+                summary[r]["failures"] = len(errs)
+            cases[case] = {"runners": summary,
+                           "ratios": {f"cs_vs_{r}": ratio(summary.get("cs"), summary.get(r))
+                                      for r in runners if r != "cs"}}
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    main = cases.get("banking77", {"runners": {}, "ratios": {}})
+    out = {"cs_vs_plain": main["ratios"].get("cs_vs_plain"), "cs_vs_hf": main["ratios"].get("cs_vs_hf"),
+           "cs_vs_hf_grouped": main["ratios"].get("cs_vs_hf_grouped"), "runners": main["runners"]}
+    if "sgd" in cases:
+        out["sgd_cs_vs_plain"] = cases["sgd"]["ratios"].get("cs_vs_plain")
+    out["cases"] = {case: data for case, data in cases.items() if case != "banking77"}  # Banking77 is above
+    out["settings"] = {"device": args.device, "precision": args.precision, "model_size": args.model_size,
+                       "batch_size": args.batch_size, "warmup": args.warmup, "steps": args.steps,
+                       "repeats": args.repeats, "train_limit": args.train_limit, "cases": args.cases,
+                       "runners": args.runners, "quick": args.quick}
+    out["machine"] = machine_info(args)
+    out["command"] = " ".join(["python", "tools/benchmark.py"] + sys.argv[1:])
+    out["wall_s"] = round(time.time() - started, 1)
+    return _rounded(out)
+
+
+def _rounded(value):
+    if isinstance(value, float):
+        return round(value, 4) if abs(value) < 100 else round(value, 1)
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    return value
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.runner:
+        return run_one(args)
+    result = orchestrate(args)
+    cases = {**({"banking77": {"runners": result["runners"]}} if result["runners"] else {}), **result["cases"]}
+    print()
+    print(table(cases, args.device == "cuda"))
+    starved = [f"{case}/{runner}" for case, data in cases.items() for runner, s in data["runners"].items()
+               if s.get("cpu_util") is not None and s["cpu_util"] < 0.8]
+    if starved and args.device == "cpu":
+        print(f"note: {', '.join(starved)} got under 80% of their threads' CPU time (machine load "
+              f"{result['machine']['load_avg_1min']}): other work was running, so these figures are noisy")
+    print(f"cs_vs_plain {result['cs_vs_plain']}  cs_vs_hf {result['cs_vs_hf']}  "
+          f"cs_vs_hf_grouped {result['cs_vs_hf_grouped']}  (samples/s ratios of medians, Banking77; <1: cs slower)")
+    line = json.dumps(result)
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(line, flush=True)
+    return result
+
+
+if __name__ == "__main__":
+    main()
