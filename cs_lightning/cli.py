@@ -174,7 +174,8 @@ class CSLightningCLI(LightningCLI):
         callbacks = list(cfg.trainer.get("callbacks") or [])
         if cfg.trainer.get("enable_progress_bar", True) is not False and not any(
                 isinstance(c, ProgressBar) for c in callbacks):
-            callbacks.append(RichProgressBar())
+            # refreshed at logging steps only: each refresh reads the logged loss back from the device (a sync)
+            callbacks.append(RichProgressBar(refresh_rate=max(1, int(cfg.trainer.get("log_every_n_steps") or 1))))
         if not any(isinstance(c, SaveArtifacts) for c in callbacks):
             callbacks.append(SaveArtifacts())
         if cfg.trainer.get("logger") and not any(isinstance(c, LearningRateMonitor) for c in callbacks):

@@ -135,3 +135,14 @@ def test_sampler_state_resumes_mid_epoch_and_survives_recreation():
     other_epoch = LengthGroupedBatchSampler(LENGTHS, 8, seed=5, resume=state)
     other_epoch.set_epoch(3)
     assert len(list(other_epoch)) == len(full)
+
+
+def test_padding_rules_exact_multiple_and_buckets():
+    from cs_lightning.data.batching import padded_length
+
+    assert [padded_length(n, None) for n in (5, 17)] == [5, 17]
+    assert [padded_length(n, 8) for n in (5, 8, 17)] == [8, 8, 24]
+    assert [padded_length(n, [16, 32, 64]) for n in (5, 16, 17, 64, 70)] == [16, 16, 32, 64, 70]
+    collate = PadCollator(pad_token_id=0, pad_to_multiple_of=[8, 16])
+    batch = collate([{"input_ids": torch.ones(9, dtype=torch.long), "id": "a", "labels": torch.tensor(0)}])
+    assert batch["input_ids"].shape == (1, 16) and int(batch["attention_mask"].sum()) == 9

@@ -150,6 +150,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--peak-flops", type=float, default=None, help="device peak FLOP/s for MFU (default: by name)")
     parser.add_argument("--child-timeout", type=float, default=600, help="seconds one runner may take")
     parser.add_argument("--out", default=None, help="also write the final JSON here")
+    parser.add_argument("--set", action="append", default=[], metavar="data.KEY=VALUE",
+                        help="change a data or model setting for the plain and cs runners (YAML value), to measure "
+                             "one speed option: --set data.group_by_length=false, --set model.compile=true "
+                             "--set 'data.pad_to_buckets=[16,32,64]'; repeatable")
     # one runner in this process (what the parent invokes)
     parser.add_argument("--runner", choices=RUNNERS, default=None, help="run one runner once and print its JSON line")
     parser.add_argument("--case", choices=tuple(CASES), default="banking77", help="the case of --runner")
@@ -226,6 +230,14 @@ def case_spec(args, case: str, train_path: str) -> dict:
             model = {"pretrained": False, "config_overrides": dict(BertBackbone.sizes["base"])}
         else:
             model = {"model_size": "base"}
+    import yaml
+
+    for item in args.set:
+        key, _, value = item.partition("=")
+        group, _, name = key.partition(".")
+        if group not in ("data", "model") or not name or not _:
+            raise SystemExit(f"--set {item!r}: expected data.KEY=VALUE or model.KEY=VALUE")
+        (data if group == "data" else model)[name] = yaml.safe_load(value)
     return {"case": case, "config": str(REPO / CASES[case][0]), "data": data, "model": model}
 
 
@@ -268,10 +280,10 @@ def cs_cli_args(spec: dict, args, total_steps: int, log_dir: str) -> list[str]:
     """``cs-train fit`` arguments for the cs runner."""
     out = ["fit", "--config", spec["config"]]
     for key, value in spec["data"].items():
-        out += [f"--data.init_args.{key}", "null" if value is None else json.dumps(value) if isinstance(value, dict)
-                else str(value)]
+        out += [f"--data.init_args.{key}", "null" if value is None else json.dumps(value)
+                if isinstance(value, (dict, list, bool)) else str(value)]
     for key, value in spec["model"].items():
-        out += [f"--model.init_args.{key}", json.dumps(value) if isinstance(value, (dict, bool)) else str(value)]
+        out += [f"--model.init_args.{key}", json.dumps(value) if isinstance(value, (dict, list, bool)) else str(value)]
     out += ["--trainer.max_steps", str(total_steps), "--trainer.accelerator", "gpu" if args.device == "cuda" else "cpu",
             "--trainer.devices", "1", "--trainer.precision", args.precision, "--trainer.limit_val_batches", "0",
             "--trainer.num_sanity_val_steps", "0", "--trainer.logger.init_args.save_dir", log_dir]
@@ -628,6 +640,8 @@ def child_command(args, runner: str, case: str, train_path: str, result_file: Pa
            "--result-file", str(result_file), "--work-dir", str(work_dir), "--t0", str(time.time())]
     if args.peak_flops:
         cmd += ["--peak-flops", str(args.peak_flops)]
+    if runner in ("plain", "cs"):
+        cmd += [arg for item in args.set for arg in ("--set", item)]
     return cmd
 
 
@@ -810,7 +824,7 @@ def orchestrate(args) -> dict:
     out["settings"] = {"device": args.device, "precision": args.precision, "model_size": args.model_size,
                        "batch_size": args.batch_size, "warmup": args.warmup, "steps": args.steps,
                        "repeats": args.repeats, "train_limit": args.train_limit, "cases": args.cases,
-                       "runners": args.runners, "quick": args.quick}
+                       "runners": args.runners, "quick": args.quick, "set": args.set}
     out["machine"] = machine_info(args)
     out["command"] = " ".join(["python", "tools/benchmark.py"] + sys.argv[1:])
     out["wall_s"] = round(time.time() - started, 1)

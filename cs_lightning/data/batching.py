@@ -208,12 +208,21 @@ class _EpochRelay(Sampler[int]):
         return len(self.owner.lengths)
 
 
-def pad(rows: Sequence[torch.Tensor], value: int, multiple: int | None = None, left: bool = False):
+def padded_length(longest: int, multiple: int | Sequence[int] | None) -> int:
+    """The length a batch whose longest row is ``longest`` is padded to: exact (None), rounded up to a multiple
+    (an int), or the smallest length bucket that holds it (a list: a fixed set of shapes, so ``torch.compile`` does
+    not recompile per batch; rows longer than the largest bucket are padded exactly)."""
+    if not multiple:
+        return longest
+    if isinstance(multiple, int):
+        return math.ceil(longest / multiple) * multiple
+    return next((b for b in sorted(multiple) if b >= longest), longest)
+
+
+def pad(rows: Sequence[torch.Tensor], value: int, multiple: int | Sequence[int] | None = None, left: bool = False):
     """Stack 1-D tensors into a 2-D batch padded with ``value`` (on the left for decoder-only generation), and the
-    matching attention mask."""
-    longest = max((len(r) for r in rows), default=0)
-    if multiple:
-        longest = math.ceil(longest / multiple) * multiple
+    matching attention mask; ``multiple`` as in :func:`padded_length`."""
+    longest = padded_length(max((len(r) for r in rows), default=0), multiple)
     out = torch.full((len(rows), longest), value, dtype=torch.long)
     mask = torch.zeros((len(rows), longest), dtype=torch.long)
     for i, row in enumerate(rows):
@@ -230,7 +239,8 @@ class PadCollator:
 
     Args:
         pad_token_id: id used for padding.
-        pad_to_multiple_of: round the padded length up to a multiple of this (8 suits tensor cores); None: exact.
+        pad_to_multiple_of: round the padded length up to a multiple of this (8 suits tensor cores), or a list of
+            length buckets (see :func:`padded_length`); None: exact.
     """
 
     def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None):

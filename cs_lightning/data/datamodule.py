@@ -86,7 +86,10 @@ class CSDataModule(pl.LightningDataModule):
         history_column: intent column of the earlier turns (default: history or context).
         id_column: intent column of a record id (default: id, guid or uid; else ``file:line``).
         group_by_length: batch samples of similar length together (much less padding on short messages).
-        pad_to_multiple_of: round padded lengths up to a multiple of this (8 suits GPU tensor cores).
+        pad_to_multiple_of: round padded lengths up to a multiple of this; default: 8 on GPU (tensor cores), exact on
+            CPU; 1 pads exactly everywhere.
+        pad_to_buckets: pad every batch to the smallest of these lengths that holds it, e.g. ``[16, 32, 64, 128]``:
+            a few fixed shapes, for ``model.compile: true`` (otherwise torch.compile recompiles per batch length).
         num_workers: data-loading worker processes.
         backbone: backbone plugin name; linked from ``model.backbone`` by the CLI.
         tokenizer: tokenizer source (hub id or folder); linked from ``model.model_name_or_path``. When None, a
@@ -107,7 +110,8 @@ class CSDataModule(pl.LightningDataModule):
                  oos_label: str | None = None, holdout_intents: int = 0,
                  val_fraction: float = 0.1, test_fraction: float = 0.0, seed: int = 42, text_column: str | None = None,
                  label_column: str | None = None, history_column: str | None = None, id_column: str | None = None,
-                 group_by_length: bool = True, pad_to_multiple_of: int | None = None, num_workers: int = 0,
+                 group_by_length: bool = True, pad_to_multiple_of: int | None = None,
+                 pad_to_buckets: list[int] | None = None, num_workers: int = 0,
                  backbone: str = "bert", tokenizer: str | None = None, tokenizer_vocab_size: int = 8000,
                  lowercase: bool | None = None, trust_remote_code: bool = False):
         super().__init__()
@@ -277,11 +281,23 @@ class CSDataModule(pl.LightningDataModule):
             labels = [index.get(r.label, len(self.label_names)) for r in records]
         return TokenizedDataset(encoded, labels, [r.id for r in records])
 
+    def _padding(self) -> int | list[int] | None:
+        """Length buckets, else the multiple to round to: 8 on GPU unless set (tensor cores work on multiples of 8;
+        on CPU rounding only adds work)."""
+        hp = self.hparams
+        if hp.pad_to_buckets:
+            return list(hp.pad_to_buckets)
+        if hp.pad_to_multiple_of is not None:
+            return hp.pad_to_multiple_of if hp.pad_to_multiple_of > 1 else None
+        trainer = self.trainer
+        on_gpu = trainer is not None and getattr(trainer.strategy.root_device, "type", "cpu") == "cuda"
+        return 8 if on_gpu else None
+
     def _collator(self, generation: bool):
         if self.task == "intent":
-            return PadCollator(self.tokenizer.pad_token_id, self.hparams.pad_to_multiple_of)
+            return PadCollator(self.tokenizer.pad_token_id, self._padding())
         return ReplyCollator(self.tokenizer.pad_token_id, self.backbone.reply_kind, generation,
-                             self.hparams.pad_to_multiple_of)
+                             self._padding())
 
     def _loader(self, split: str, shuffle: bool, generation: bool = False, subset: int | None = None) -> DataLoader:
         if split not in self.datasets:

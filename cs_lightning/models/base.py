@@ -3,6 +3,8 @@ optimizer recipe (AdamW without decay on biases and norms, linear warm-up then l
 
 from __future__ import annotations
 
+import contextlib
+
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
@@ -64,6 +66,27 @@ class BackboneModule(pl.LightningModule):
             self.model.train()  # from_pretrained returns eval mode; Lightning keeps whatever mode it finds
         except OSError as err:  # the hub could not be reached or the files are incomplete
             raise not_found(model_name_or_path, [source.path, f"hub ({str(err).splitlines()[0][:120]})"]) from None
+
+    def configure_model(self) -> None:
+        """With ``compile: true``, the Hugging Face model's forward runs through ``torch.compile`` (the weights and
+        their checkpoint names stay as they are). Static shapes: pad batches to length buckets
+        (``data.pad_to_buckets``) or every new batch length compiles again."""
+        if self.hparams.get("compile") and not hasattr(self.model, "_cs_eager_forward"):
+            self.model._cs_eager_forward = self.model.forward
+            self.model.forward = torch.compile(self.model.forward, dynamic=False)
+
+    @contextlib.contextmanager
+    def eager(self):
+        """Runs the model uncompiled inside the block (generation changes shapes at every token)."""
+        compiled = self.model.__dict__.get("forward")
+        if compiled is None or not hasattr(self.model, "_cs_eager_forward"):
+            yield
+            return
+        self.model.forward = self.model._cs_eager_forward
+        try:
+            yield
+        finally:
+            self.model.forward = compiled
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # which class to rebuild, for tools that only get a checkpoint (cs-export, cs-chat)

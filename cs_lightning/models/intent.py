@@ -71,6 +71,7 @@ class IntentClassifier(BackboneModule):
         model_size: architecture when there is no ``model_name_or_path``: tiny, small or base.
         config_overrides: Hugging Face config attributes to change, e.g. ``{hidden_dropout_prob: 0.2}``.
         trust_remote_code: run Python code that hub weights ship with (off: only built-in architectures load).
+        compile: run the model's forward through ``torch.compile`` (pair it with ``data.pad_to_buckets``).
         label_smoothing: cross-entropy label smoothing.
         top_k: alternatives reported with each prediction.
         class_weights: weight the loss by inverse label frequency in the training data (imbalanced data).
@@ -92,7 +93,7 @@ class IntentClassifier(BackboneModule):
                  top_k: int = 3, class_weights: bool = False, oos_label: str | None = None,
                  oos_threshold: float | None = None, oos_target: str = "macro_f1", labels: list[str] | None = None,
                  label_counts: list[int] | None = None, tokenizer_path: str | None = None,
-                 trust_remote_code: bool = False):
+                 trust_remote_code: bool = False, compile: bool = False):
         super().__init__()
         if not labels or len(labels) < 2:
             raise ConfigError("model.labels", "an intent classifier needs at least two label names",
@@ -149,19 +150,21 @@ class IntentClassifier(BackboneModule):
         return self.model(input_ids=input_ids, **kwargs).logits
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-        known = labels < logits.shape[-1]  # out-of-scope examples without a class have no loss
-        if not bool(known.all()):
-            logits, labels = logits[known], labels[known]
-        return F.cross_entropy(logits.float(), labels, weight=self.loss_weights,
+        # out-of-scope examples without a class have no loss; masked with ignore_index rather than by indexing, which
+        # would read the mask back to the host (a device sync) at every training step
+        labels = labels.masked_fill(labels >= logits.shape[-1], -100)
+        return F.cross_entropy(logits.float(), labels, weight=self.loss_weights, ignore_index=-100,
                                label_smoothing=self.hparams.label_smoothing, reduction=reduction)
 
     def _update_loss(self, stage: str, logits: torch.Tensor, labels: torch.Tensor) -> None:
         """Adds the batch to the epoch's loss, weighted exactly as ``cross_entropy``'s mean over the whole split."""
-        losses = self._loss(logits, labels, reduction="none")
-        known = labels[labels < logits.shape[-1]]
-        weights = self.loss_weights[known] if self.loss_weights is not None else torch.ones_like(losses)
+        losses = self._loss(logits, labels, reduction="none")  # 0 for examples without a class
+        known = labels < logits.shape[-1]
+        base = (self.loss_weights[labels.clamp(max=logits.shape[-1] - 1)] if self.loss_weights is not None
+                else torch.ones_like(losses))
+        weights = torch.where(known, base, torch.zeros_like(base))
         metric = self.eval_loss[stage]
-        metric.update(losses / weights, weight=weights)
+        metric.update(losses / base, weight=weights)
         self.log(f"{stage}/loss", metric, on_epoch=True, on_step=False)
 
     def decide(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -180,8 +183,7 @@ class IntentClassifier(BackboneModule):
     def _evaluate(self, batch: dict, stage: str) -> None:
         logits = self(**self.model_inputs(batch))
         labels = batch["labels"]
-        if bool((labels < logits.shape[-1]).any()):
-            self._update_loss(stage, logits, labels)
+        self._update_loss(stage, logits, labels)  # every rank logs at every step (DDP: same collectives)
         if stage == "val" and self.oos_index is not None and self.hparams.oos_threshold is None:
             # the threshold is fitted at the end of validation; keep three numbers per example, not the logits
             confidence, argmax = logits.float().softmax(-1).max(-1)

@@ -95,6 +95,8 @@ class ReplyGenerator(BackboneModule):
         model_size: architecture when there is no ``model_name_or_path``: tiny, small or base.
         config_overrides: Hugging Face config attributes to change.
         trust_remote_code: run Python code that hub weights ship with (off: only built-in architectures load).
+        compile: run the training forward through ``torch.compile`` (pair it with ``data.pad_to_buckets``);
+            generation stays eager (its lengths change every token).
         num_beams: beam width when generating (1: greedy).
         max_new_tokens: longest generated reply, in tokens.
         no_repeat_ngram_size: never repeat an n-gram of this size in a reply (0: off).
@@ -113,7 +115,7 @@ class ReplyGenerator(BackboneModule):
                  model_size: str = "small", config_overrides: dict | None = None, num_beams: int = 1,
                  max_new_tokens: int = 48, no_repeat_ngram_size: int = 3, repetition_penalty: float = 1.0,
                  samples_to_log: int = 8, language: str = "en", rules_path: str | None = None,
-                 tokenizer_path: str | None = None, trust_remote_code: bool = False):
+                 tokenizer_path: str | None = None, trust_remote_code: bool = False, compile: bool = False):
         super().__init__()
         self.save_hyperparameters()
         self.build_backbone(backbone, model_name_or_path, pretrained, tokenizer_path, model_size, config_overrides,
@@ -152,11 +154,12 @@ class ReplyGenerator(BackboneModule):
         """Decoded replies for a batch of prompts (left-padded for causal models)."""
         hp = self.hparams
         tok = self.tokenizer
-        out = self.model.generate(
-            input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=hp.max_new_tokens,
-            num_beams=hp.num_beams, do_sample=False, no_repeat_ngram_size=hp.no_repeat_ngram_size or None,
-            repetition_penalty=hp.repetition_penalty, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-            bad_words_ids=self.bad_words_ids or None)
+        with self.eager():
+            out = self.model.generate(
+                input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=hp.max_new_tokens,
+                num_beams=hp.num_beams, do_sample=False, no_repeat_ngram_size=hp.no_repeat_ngram_size or None,
+                repetition_penalty=hp.repetition_penalty, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                bad_words_ids=self.bad_words_ids or None)
         if self.causal:
             out = out[:, input_ids.shape[1]:]
         texts = tok.batch_decode(out, skip_special_tokens=True)
