@@ -182,3 +182,34 @@ def test_non_finite_weights_are_never_written(tmp_path):
     with pytest.raises(CSLightningError, match="NaN or infinity"):
         AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.tensor([1.0, float("inf")])}}, path)
     assert not path.exists()
+
+
+def test_predict_on_two_ranks_writes_every_input_once_in_file_order(tmp_path):
+    files = data_files(tmp_path / "data")
+    cs_train("fit", base_args(files, "base", "--trainer.max_epochs=1"))
+    done = cs_train("predict", base_args(files, "pred", "--trainer.devices=2", "--trainer.strategy=ddp",
+                                         "--ckpt_path=logs/base/checkpoints/last.ckpt",
+                                         f"--data.predict_file={files['val']}", "--predict_output=preds.jsonl"))
+    rows = [json.loads(line) for line in Path("preds.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == [f"val.csv:{i}" for i in range(2, 27)], done.stdout[-1000:]
+
+
+def test_a_full_disk_is_one_clear_error_and_the_previous_file_survives(tmp_path, monkeypatch):
+    import errno
+
+    from cs_lightning.errors import CSLightningError
+    from cs_lightning.io import AtomicCheckpointIO
+
+    path = tmp_path / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.zeros(2)}, "global_step": 3}, path)
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", no_space)
+    with pytest.raises(CSLightningError) as err:
+        AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.ones(2)}, "global_step": 4}, path)
+    assert "disk full" in str(err.value) and str(path) in str(err.value) and "\n" not in str(err.value)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True)["global_step"] == 3
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]

@@ -11,6 +11,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback
 
+from cs_lightning.distributed import gather_lists
 from cs_lightning.io import atomic_path
 
 
@@ -66,9 +67,10 @@ class PredictionWriter(BasePredictionWriter):
         self.output_file = output_file
 
     def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
+        # every rank predicted its own share: gather them (a collective, so before the rank-zero check)
+        rows = gather_lists([row for batch in predictions for row in batch])
         if not trainer.is_global_zero:
             return
-        rows = [row for batch in predictions for row in batch]
         records = getattr(trainer.datamodule, "predict_records", lambda: [])()
         order = {rec.id: i for i, rec in enumerate(records)}
         texts = {rec.id: rec.text for rec in records if hasattr(rec, "text")}
