@@ -70,7 +70,7 @@ def max_difference(a: dict, b: dict) -> float:
 
 def test_validation_metrics_are_the_same_on_one_and_two_ranks(tmp_path):
     files = data_files(tmp_path / "data")
-    cs_train("fit", base_args(files, "base", "--trainer.max_epochs=2"))
+    cs_train("fit", base_args(files, "base", "--trainer.max_epochs=8"))
     ckpt = "logs/base/checkpoints/last.ckpt"
     results = {}
     for devices in (1, 2):
@@ -80,7 +80,7 @@ def test_validation_metrics_are_the_same_on_one_and_two_ranks(tmp_path):
     one, two = results[1], results[2]
     for key in ("val/loss", "val/acc", "val/f1_macro"):
         assert abs(one[key] - two[key]) < 1e-6, (key, one[key], two[key])
-    assert 0 < one["val/acc"] < 1  # a trained but imperfect model: the metrics are not trivially equal
+    assert 0.5 < one["val/acc"] < 1  # a trained, imperfect model: equal metrics are not a constant prediction
 
 
 def test_two_ranks_at_half_batch_train_like_one_rank(tmp_path):
