@@ -49,7 +49,8 @@ def test_wandb_offline_run_needs_no_account(tmp_path, monkeypatch):
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     files = tiny_intent_files(tmp_path / "data")
-    main(["fit", *tiny_args(files), "--config", str(CONFIGS / "logger" / "wandb.yaml"), "--trainer.fast_dev_run=true"])
+    main(["fit", *tiny_args(files), "--config", str(CONFIGS / "logger" / "wandb.yaml"), "--trainer.max_steps=2",
+          "--experiment=wb"])
     assert list((tmp_path / "logs" / "wandb").glob("offline-run-*"))
 
 
