@@ -145,7 +145,15 @@ class CSLightningCLI(LightningCLI):
 
         import torch
 
-        hparams = torch.load(ckpt_path, weights_only=True, map_location="cpu").get("hyper_parameters", {})
+        try:
+            checkpoint = torch.load(ckpt_path, weights_only=True, map_location="cpu")
+        except Exception as err:  # a truncated file, not a checkpoint, or one that would need to run code
+            why = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
+            if why.startswith("Weights only load failed"):
+                why = "not a checkpoint, or it holds objects that only arbitrary code could load"
+            raise ConfigError("ckpt_path", f"{ckpt_path} is not a readable checkpoint ({why})",
+                              "give a .ckpt written by cs-train (logs/<experiment>/checkpoints/)") from None
+        hparams = checkpoint.get("hyper_parameters", {}) if isinstance(checkpoint, dict) else {}
         hparams.pop("_instantiator", None)
         class_path = hparams.pop("_class_path", None)
         if not hparams or class_path is None:

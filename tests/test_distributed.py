@@ -213,3 +213,15 @@ def test_a_full_disk_is_one_clear_error_and_the_previous_file_survives(tmp_path,
     monkeypatch.undo()
     assert torch.load(path, weights_only=True)["global_step"] == 3
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+def test_a_file_that_is_not_a_checkpoint_is_one_line(tmp_path, capsys):
+    from cs_lightning.cli import main
+
+    bad = write(tmp_path / "bad.ckpt", "not a checkpoint")
+    files = data_files(tmp_path / "data")
+    with pytest.raises(SystemExit) as exit_:
+        main(["validate", *base_args(files, "bad", f"--ckpt_path={bad}")])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("cs-train: error: ckpt_path:") and str(bad) in err[-1]
