@@ -231,6 +231,8 @@ class IntentClassifier(BackboneModule):
         local = torch.cat(self._val_scores) if self._val_scores else torch.zeros((0, 3), device=self.device)
         self._val_scores = []
         scores = gather_rows(local)  # the threshold is fitted on every rank's examples, the same on every rank
+        if not len(scores):  # no validation batch ran (every rank sees the same gathered size)
+            return
         confidence, argmax, gold = scores[:, 0], scores[:, 1].long(), scores[:, 2].long()
         self.threshold.fill_(fit_threshold(confidence, argmax, gold, self.oos_index, len(self.metric_names),
                                            self.hparams.oos_target))
