@@ -205,7 +205,7 @@ class _EpochRelay(Sampler[int]):
         return (i for batch in self.owner._rank_batches() for i in batch)
 
     def __len__(self) -> int:
-        return len(self.owner.lengths)
+        return sum(len(batch) for batch in self.owner._rank_batches())
 
 
 def padded_length(longest: int, multiple: int | Sequence[int] | None) -> int:
