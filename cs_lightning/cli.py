@@ -146,10 +146,11 @@ class CSLightningCLI(LightningCLI):
         import torch
 
         try:
-            checkpoint = torch.load(ckpt_path, weights_only=True, map_location="cpu")
+            # mmap: only the hyper-parameters are read here; the weights stay on disk until the trainer loads them
+            checkpoint = torch.load(ckpt_path, weights_only=True, map_location="cpu", mmap=True)
         except Exception as err:  # a truncated file, not a checkpoint, or one that would need to run code
             why = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
-            if why.startswith("Weights only load failed"):
+            if why.startswith(("Weights only load failed", "mmap can only be used")):
                 why = "not a checkpoint, or it holds objects that only arbitrary code could load"
             raise ConfigError("ckpt_path", f"{ckpt_path} is not a readable checkpoint ({why})",
                               "give a .ckpt written by cs-train (logs/<experiment>/checkpoints/)") from None

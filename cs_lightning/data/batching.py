@@ -115,7 +115,6 @@ class LengthGroupedBatchSampler(BatchSampler):
         self.sampler = _EpochRelay(self, sampler)
         self.epoch = 0
         self._resume_at: tuple[int, int] | None = None  # (epoch, batches to skip)
-        self._yielded = 0
         if resume:
             self.load_state_dict(resume)
 
@@ -166,10 +165,7 @@ class LengthGroupedBatchSampler(BatchSampler):
             self._resume_at = None
             if epoch != self.epoch or skip >= len(batches):
                 skip = 0
-        self._yielded = skip
-        for batch in batches[skip:]:
-            self._yielded += 1
-            yield batch
+        yield from batches[skip:]
 
     def __len__(self) -> int:
         if not self.shuffle and self.num_replicas > 1:
@@ -177,10 +173,10 @@ class LengthGroupedBatchSampler(BatchSampler):
         n, size = len(self.lengths), self.batch_size * self.num_replicas
         return n // size if self.drop_last else math.ceil(n / size)
 
-    def state_dict(self, consumed: int | None = None) -> dict:
-        """The epoch and how many of its batches were trained (``consumed``; default: how many were handed out)."""
-        return {"epoch": self.epoch, "consumed": self._yielded if consumed is None else consumed, "seed": self.seed,
-                "num_replicas": self.num_replicas}
+    def state_dict(self, consumed: int) -> dict:
+        """The epoch and how many of its batches were trained. ``consumed`` comes from the training loop: the
+        sampler cannot count it, since loaders and the loop fetch batches ahead of training on them."""
+        return {"epoch": self.epoch, "consumed": consumed, "seed": self.seed, "num_replicas": self.num_replicas}
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("seed", self.seed) != self.seed or state.get("num_replicas", self.num_replicas) != self.num_replicas:
