@@ -152,6 +152,8 @@ class CSLightningCLI(LightningCLI):
             why = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
             if why.startswith(("Weights only load failed", "mmap can only be used")):
                 why = "not a checkpoint, or it holds objects that only arbitrary code could load"
+            elif why.startswith("PytorchStreamReader failed"):
+                why = "the file is truncated or damaged"
             raise ConfigError("ckpt_path", f"{ckpt_path} is not a readable checkpoint ({why})",
                               "give a .ckpt written by cs-train (logs/<experiment>/checkpoints/)") from None
         hparams = checkpoint.get("hyper_parameters", {}) if isinstance(checkpoint, dict) else {}
