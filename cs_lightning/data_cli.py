@@ -58,7 +58,7 @@ def run_validate(files: list[str], task: str, text_column: str | None, label_col
                 labels = Counter(r.label for r in records if r.label is not None)
                 items = [(r.text, r.line) for r in records]
             else:
-                dialogues = read_dialogues(path, require_agent=False)
+                dialogues = read_dialogues(path, require_agent=False, errors=found)
                 labels = Counter(d.domain or "(none)" for d in dialogues)
                 items = [(" | ".join(t.text for t in d.turns), d.line) for d in dialogues]
         except CSLightningError as err:  # the file cannot be read at all (not found, not UTF-8, ...)

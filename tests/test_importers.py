@@ -91,3 +91,23 @@ def test_validate_clean_file_exits_zero(tmp_path, capsys):
         cs_data(["validate", str(good)])
     assert exit_.value.code == 0
     assert "0 error(s)" in capsys.readouterr().out
+
+
+def test_validate_dialogues_reports_every_error(tmp_path, capsys):
+    good = '{"id": "%s", "turns": [{"role": "user", "text": "hi"}, {"role": "agent", "text": "hello"}]}'
+    path = write(tmp_path / "dialogues.jsonl", "\n".join([
+        good % "a",
+        '{"id": "b", "turns": [{"role": "bot", "text": "hi"}]}',
+        "not json",
+        '{"id": "c", "turns": [{"role": "user", "text": "  "}]}',
+        good % "a",
+        good % "d",
+    ]) + "\n")
+    with pytest.raises(SystemExit) as exit_:
+        cs_data(["validate", "--task", "dialogue", str(path)])
+    assert exit_.value.code == 1
+    out = capsys.readouterr().out
+    assert "2 dialogues, 4 error(s)" in out
+    for line, problem in [(2, "unknown role 'bot'"), (3, "not valid JSON"), (4, "turn 1 is empty"),
+                          (5, "repeats the dialogue on line 1")]:
+        assert f"{path}:{line}:" in out and problem in out

@@ -69,7 +69,8 @@ def parse_dialogue(row: dict, path: Path, line: int, require_agent: bool = True)
     return Dialogue(str(row.get("id") or f"{path.name}:{line}"), domain, tuple(parsed), intent, line)
 
 
-def read_dialogues(path: str | Path, require_agent: bool = True, file_format: str = "jsonl") -> list[Dialogue]:
+def read_dialogues(path: str | Path, require_agent: bool = True, file_format: str = "jsonl",
+                   errors: list | None = None) -> list[Dialogue]:
     """Read and validate a dialogue file.
 
     Args:
@@ -78,10 +79,12 @@ def read_dialogues(path: str | Path, require_agent: bool = True, file_format: st
             user turn and need not have one.
         file_format: ``jsonl`` (our format, JSON Lines or a JSON array), ``sgd`` or ``crosswoz`` (read through
             :mod:`cs_lightning.importers`).
+        errors: collect the problems of single records here and skip those records, instead of raising the first
+            one (``cs-data validate``).
     """
     path = Path(path)
     if file_format == "jsonl":
-        rows = read_rows(path)
+        rows = read_rows(path, errors)
     else:
         from cs_lightning.importers import IMPORTERS
 
@@ -92,13 +95,19 @@ def read_dialogues(path: str | Path, require_agent: bool = True, file_format: st
                 if not require_agent or any(t["role"] == "agent" for t in row["turns"]))
     dialogues, seen = [], {}
     for line, row in rows:
-        dialogue = parse_dialogue(row, path, line, require_agent)
-        if dialogue.id in seen:
-            raise DataError(path, f"id {dialogue.id!r} repeats the dialogue on line {seen[dialogue.id]}", line=line,
-                            field="id", fix="give every dialogue its own id")
+        try:
+            dialogue = parse_dialogue(row, path, line, require_agent)
+            if dialogue.id in seen:
+                raise DataError(path, f"id {dialogue.id!r} repeats the dialogue on line {seen[dialogue.id]}",
+                                line=line, field="id", fix="give every dialogue its own id")
+        except DataError as err:
+            if errors is None:
+                raise
+            errors.append(err)
+            continue
         seen[dialogue.id] = line
         dialogues.append(dialogue)
-    if not dialogues:
+    if not dialogues and not errors:
         raise DataError(path, "no dialogues", fix="add at least one dialogue")
     return dialogues
 
