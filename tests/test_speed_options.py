@@ -24,6 +24,19 @@ def test_training_step_loss_needs_no_host_sync_for_out_of_scope_labels():
     assert torch.allclose(module._loss(logits, labels), expected)
 
 
+def test_compile_without_a_compiler_is_one_line(tmp_path, capsys, monkeypatch):
+    import torch._inductor.config
+
+    monkeypatch.setattr(torch._inductor.config.cpp, "cxx", ("no-such-c++-compiler",))
+    files = tiny_intent_files(tmp_path / "data")
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", *tiny_args(files), "--model.compile=true", "--trainer.max_steps=1"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("cs-train: error: model.compile: torch.compile on a CPU needs a C++")
+    assert not (tmp_path / "logs").exists() or not list((tmp_path / "logs").rglob("*.ckpt"))
+
+
 @pytest.mark.slow
 def test_compiled_model_with_length_buckets_trains_and_saves_plain_weights(tmp_path):
     files = tiny_intent_files(tmp_path / "data")

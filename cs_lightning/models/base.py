@@ -14,6 +14,29 @@ from cs_lightning.pretrained import not_found, resolve_model
 from cs_lightning.registry import get_backbone
 
 
+def missing_compiler(device: torch.device) -> str | None:
+    """Why ``torch.compile`` cannot work here, or None. Inductor builds C++ kernels for CPUs and Triton builds a C
+    launcher for GPUs; without a compiler both fail at the first step, deep inside torch."""
+    import os
+    import shutil
+
+    if device.type == "cuda":
+        found = [c for c in (os.environ.get("CC"), "cc", "gcc", "clang") if c and shutil.which(c)]
+        return None if found else "torch.compile on a GPU needs a C compiler (Triton), and none was found"
+    if device.type != "cpu":
+        return None
+    try:
+        from torch._inductor import exc
+        from torch._inductor.cpp_builder import get_cpp_compiler
+    except ImportError:  # a torch without these internals: let torch.compile speak for itself
+        return None
+    try:
+        get_cpp_compiler()
+    except exc.InvalidCxxCompiler:
+        return "torch.compile on a CPU needs a C++ compiler (g++ or clang++), and none was found"
+    return None
+
+
 def warmup_linear_decay(warmup_steps: int, total_steps: int):
     """LR multiplier: 0 -> 1 over ``warmup_steps``, then 1 -> 0 at ``total_steps``."""
 
@@ -72,6 +95,11 @@ class BackboneModule(pl.LightningModule):
         their checkpoint names stay as they are). Static shapes: pad batches to length buckets
         (``data.pad_to_buckets``) or every new batch length compiles again."""
         if self.hparams.get("compile") and not hasattr(self.model, "_cs_eager_forward"):
+            device = self.trainer.strategy.root_device if self._trainer is not None else self.device
+            missing = missing_compiler(device)
+            if missing:
+                raise ConfigError("model.compile", missing, "install one (apt install build-essential), point the CXX "
+                                  "or CC variable at it, or set model.compile: false")
             self.model._cs_eager_forward = self.model.forward
             self.model.forward = torch.compile(self.model.forward, dynamic=False)
 
