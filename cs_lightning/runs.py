@@ -29,7 +29,7 @@ LOWER_IS_BETTER = ("loss", "ppl")
 NOISY_KEYS = ("trainer.logger", "checkpoint.dirpath", "predict_output", "config", "experiment")
 VERSION_DIR = re.compile(r"version_(\d+)")
 EVENTS_GLOB = "events.out.tfevents.*"
-MATPLOTLIB_MISSING = "--plot needs matplotlib (pip install matplotlib)"
+MATPLOTLIB_MISSING = "--plot needs matplotlib (pip install 'cs-lightning[plot]' or pip install matplotlib)"
 
 
 @dataclass

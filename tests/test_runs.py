@@ -124,7 +124,7 @@ def test_plot_without_matplotlib_is_one_line_exit_2(logs, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
     code, out, err = run_cli(capsys, "--metric", "val/acc", "--plot", "out.png")
     assert code == 2 and out == ""
-    assert err == "cs-runs: error: --plot needs matplotlib (pip install matplotlib)\n"
+    assert err == "cs-runs: error: --plot needs matplotlib (pip install 'cs-lightning[plot]' or pip install matplotlib)\n"
     assert not Path("out.png").exists()
 
 
