@@ -21,7 +21,7 @@ def missing_compiler(device: torch.device) -> str | None:
     import shutil
 
     if device.type == "cuda":
-        found = [c for c in (os.environ.get("CC"), "cc", "gcc", "clang") if c and shutil.which(c)]
+        found = [c for c in (os.environ.get("CC"), "gcc", "clang") if c and shutil.which(c)]  # what Triton looks for
         return None if found else "torch.compile on a GPU needs a C compiler (Triton), and none was found"
     if device.type != "cpu":
         return None
