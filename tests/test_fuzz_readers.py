@@ -119,32 +119,23 @@ DEEP = "[" * 3000 + "]" * 3000
 def mutate(data, obj, depth: int = 0):
     """``obj`` with one thing changed somewhere inside: a value of another type, a key removed or added, an item
     dropped or added."""
-    if isinstance(obj, dict) and obj and depth < 6:
+    if isinstance(obj, (dict, list)) and obj and depth < 6:
         op = data.draw(st.sampled_from(["into", "into", "replace", "delete", "add"]))
-        key = data.draw(st.sampled_from(sorted(obj, key=str)))
-        new = dict(obj)
-        if op == "into":
-            new[key] = mutate(data, obj[key], depth + 1)
-        elif op == "replace":
-            new[key] = data.draw(junk)
-        elif op == "delete":
-            del new[key]
+        if isinstance(obj, dict):
+            slot, new = data.draw(st.sampled_from(sorted(obj, key=str))), dict(obj)
         else:
+            slot, new = data.draw(st.integers(0, len(obj) - 1)), list(obj)
+        if op == "into":
+            new[slot] = mutate(data, obj[slot], depth + 1)
+        elif op == "replace":
+            new[slot] = data.draw(junk)
+        elif op == "delete":
+            del new[slot]
+        elif isinstance(new, dict):
             new[data.draw(st.one_of(st.text(max_size=8), st.sampled_from(["id", "text", "label", "turns"])))] = \
                 data.draw(junk)
-        return new
-    if isinstance(obj, list) and obj and depth < 6:
-        op = data.draw(st.sampled_from(["into", "into", "replace", "delete", "add"]))
-        i = data.draw(st.integers(0, len(obj) - 1))
-        new = list(obj)
-        if op == "into":
-            new[i] = mutate(data, obj[i], depth + 1)
-        elif op == "replace":
-            new[i] = data.draw(junk)
-        elif op == "delete":
-            del new[i]
         else:
-            new.insert(i, data.draw(junk))
+            new.insert(slot, data.draw(junk))
         return new
     return data.draw(junk)
 
