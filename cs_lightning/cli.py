@@ -183,22 +183,27 @@ class CSLightningCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs):
         cfg = self.config_init[self.subcommand] if self.subcommand else self.config_init
         callbacks = list(cfg.trainer.get("callbacks") or [])
-        if cfg.trainer.get("enable_progress_bar", True) is not False and not any(
-                isinstance(c, ProgressBar) for c in callbacks):
+
+        def add(kind: type, make=None) -> None:
+            """Adds a default callback unless the config already has one of its kind."""
+            if not any(isinstance(c, kind) for c in callbacks):
+                callbacks.append(make() if make else kind())
+
+        if cfg.trainer.get("enable_progress_bar", True) is not False:
             # refreshed at logging steps only: each refresh reads the logged loss back from the device (a sync)
-            callbacks.append(RichProgressBar(refresh_rate=max(1, int(cfg.trainer.get("log_every_n_steps") or 1))))
-        if not any(isinstance(c, SaveArtifacts) for c in callbacks):
-            callbacks.append(SaveArtifacts())
-        if cfg.trainer.get("logger") and not any(isinstance(c, LearningRateMonitor) for c in callbacks):
-            callbacks.append(LearningRateMonitor(logging_interval="step"))
-        if cfg.trainer.get("logger") and not any(isinstance(c, HParamsSummary) for c in callbacks):
-            callbacks.append(HParamsSummary())
+            every = max(1, int(cfg.trainer.get("log_every_n_steps") or 1))
+            add(ProgressBar, lambda: RichProgressBar(refresh_rate=every))
+        add(SaveArtifacts)
+        if cfg.trainer.get("logger"):
+            add(LearningRateMonitor, lambda: LearningRateMonitor(logging_interval="step"))
+            add(HParamsSummary)
         if self.subcommand == "fit":
-            for cls in (Preemption, NonFiniteGuard):
-                if not any(isinstance(c, cls) for c in callbacks):
-                    callbacks.append(cls())
-        if self.subcommand in ("validate", "test") and not any(isinstance(c, MetricsFile) for c in callbacks):
-            callbacks.append(MetricsFile())
+            add(Preemption)
+            add(NonFiniteGuard)
+        if self.subcommand in ("validate", "test"):
+            add(MetricsFile)
+        if self.subcommand == "test":
+            add(IntentReport)
         plugins = cfg.trainer.get("plugins")
         plugins = list(plugins) if isinstance(plugins, (list, tuple)) else ([plugins] if plugins else [])
         if SLURMEnvironment.detect() and not any(isinstance(p, ClusterEnvironment) for p in plugins):
@@ -208,8 +213,6 @@ class CSLightningCLI(LightningCLI):
             cfg.trainer.plugins = plugins
         if self.subcommand == "predict":
             callbacks.append(PredictionWriter(cfg.predict_output))
-        if self.subcommand == "test" and not any(isinstance(c, IntentReport) for c in callbacks):
-            callbacks.append(IntentReport())
         cfg.trainer.callbacks = callbacks
         return super().instantiate_trainer(**kwargs)
 
