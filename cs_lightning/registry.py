@@ -1,6 +1,8 @@
 """Backbone discovery through the entry-point group ``cs_lightning.backbones``.
 
-Only the plugin a config names is imported; an unknown name lists the installed plugins and their packages.
+Only the plugin a config names is imported; an unknown name lists the installed plugins and their packages. The
+class is imported and checked once per process; every call returns a new instance, and nothing here or in the
+callers changes a plugin after discovery: per-use settings (``trust_remote_code``) are arguments of its methods.
 """
 
 from __future__ import annotations
@@ -38,9 +40,18 @@ def installed_backbones() -> list[PluginInfo]:
     return infos
 
 
-@functools.lru_cache(maxsize=None)
 def get_backbone(name: str) -> Backbone:
-    """Import, check and instantiate the plugin registered as ``name``."""
+    """A new instance of the plugin registered as ``name`` (imported and checked once per process)."""
+    cls = backbone_class(name)
+    backbone = cls()
+    if not backbone.name:
+        backbone.name = name
+    return backbone
+
+
+@functools.lru_cache(maxsize=None)
+def backbone_class(name: str) -> type[Backbone]:
+    """Import and check the plugin class registered as ``name``."""
     matches = [ep for ep in _entry_points() if ep.name == name]
     if not matches:
         listing = ", ".join(f"{p.name} ({p.package} {p.version})" for p in installed_backbones()) or "none"
@@ -59,7 +70,4 @@ def get_backbone(name: str) -> Backbone:
     if missing:
         raise ConfigError("model.backbone", f"plugin '{name}' ({ep.value}) does not define {', '.join(missing)}",
                           "see the Backbone docstring for the plugin contract")
-    backbone = cls()
-    if not backbone.name:
-        backbone.name = name
-    return backbone
+    return cls

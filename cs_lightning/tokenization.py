@@ -11,16 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from filelock import FileLock
+from cs_lightning.io import build_dir_once
+from cs_lightning.prompts import CJK
 
 KINDS = ("wordpiece", "bpe", "unigram")
 _VERSION = "2"  # bump when the recipe below changes, so caches are rebuilt
-_CJK = r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3000-\u303f\uff00-\uffef]"
 
 
 def cache_root() -> Path:
@@ -37,27 +35,10 @@ def content_key(*parts) -> str:
     return digest.hexdigest()[:20]
 
 
-def atomic_build_dir(target: Path, build) -> Path:
-    """Create folder ``target`` by calling ``build(tmp_dir)`` under a file lock, then renaming; no-op if it exists."""
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(target) + ".lock"):
-        if target.exists():
-            return target
-        tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp", dir=target.parent))
-        try:
-            build(tmp)
-            os.replace(tmp, target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
 def _build(kind: str, texts: Sequence[str], vocab_size: int, lowercase: bool):
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-    cjk = pre_tokenizers.Split(Regex(_CJK), behavior="isolated")  # one token per Chinese character at least
+    cjk = pre_tokenizers.Split(Regex(f"[{CJK}]"), behavior="isolated")  # one token per Chinese character at least
     if kind == "wordpiece":
         specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
         tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
@@ -120,7 +101,7 @@ def train_tokenizer(texts: Iterable[str], kind: str, vocab_size: int = 8000, low
         kwargs.setdefault("model_input_names", ["input_ids", "attention_mask"])
         PreTrainedTokenizerFast(tokenizer_object=tok, **kwargs).save_pretrained(str(tmp))
 
-    return atomic_build_dir(target, build)
+    return build_dir_once(target, build)
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -149,4 +130,4 @@ def add_marker_tokens(path: str, markers: Sequence[str], load) -> str:
         tokenizer.add_special_tokens({"additional_special_tokens": list(markers)})
         tokenizer.save_pretrained(str(tmp))
 
-    return str(atomic_build_dir(target, build))
+    return str(build_dir_once(target, build))

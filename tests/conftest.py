@@ -1,3 +1,4 @@
+import json
 import sys
 from pathlib import Path
 
@@ -56,3 +57,50 @@ def tiny_intent_files(folder: Path, n_per_label: int = 6) -> dict:
         rows = ["text,label"] + [f"{t},{label}" for label, texts in phrases.items() for t in texts[sl]]
         files[split] = write(folder / f"{split}.csv", "\n".join(rows) + "\n")
     return files
+
+
+def _train_once(folder: Path, args: list[str]) -> Path:
+    """``cs-train fit`` in-process in ``folder`` with its own cache; returns the checkpoints folder."""
+    from cs_lightning.commands.train import main
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(folder)
+        mp.setattr(sys, "argv", ["cs-train"])
+        mp.setenv("CS_LIGHTNING_CACHE", str(folder / "cache"))
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        main(["fit", *args, "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+              "--experiment=trained"])
+    return folder / "logs" / "trained" / "checkpoints"
+
+
+@pytest.fixture(scope="session")
+def intent_checkpoint(tmp_path_factory) -> Path:
+    """``last.ckpt`` of a tiny BERT intent classifier trained 3 epochs on :func:`tiny_intent_files` (once per
+    session; tests read it, never change it)."""
+    folder = tmp_path_factory.mktemp("intent_ckpt")
+    files = tiny_intent_files(folder / "data")
+    ckpts = _train_once(folder, [
+        "--model", "cs_lightning.models.IntentClassifier", "--model.backbone=bert", "--model.pretrained=false",
+        "--model.model_size=tiny", "--model.learning_rate=0.003", "--data", "cs_lightning.data.IntentDataModule",
+        f"--data.train_file={files['train']}", f"--data.val_file={files['val']}", f"--data.test_file={files['test']}",
+        "--data.batch_size=4", "--trainer.max_epochs=3"])
+    return ckpts / "last.ckpt"
+
+
+@pytest.fixture(scope="session")
+def reply_checkpoint(tmp_path_factory) -> Path:
+    """``last.ckpt`` of a tiny GPT reply model trained 3 epochs on a few shop dialogues (once per session)."""
+    folder = tmp_path_factory.mktemp("reply_ckpt")
+    lines = []
+    for i, (ask, answer) in enumerate([("where is my parcel", "it arrives tomorrow"),
+                                       ("i want a refund", "your refund is on its way"),
+                                       ("my card is lost", "we froze your card")] * 4):
+        lines.append(json.dumps({"id": f"d{i}", "domain": "shop", "turns": [
+            {"role": "user", "text": ask}, {"role": "agent", "text": answer}]}))
+    train = write(folder / "data" / "train.jsonl", "\n".join(lines) + "\n")
+    ckpts = _train_once(folder, [
+        "--model", "cs_lightning.models.ReplyGenerator", "--model.backbone=gpt", "--model.pretrained=false",
+        "--model.model_size=tiny", "--model.max_new_tokens=8", "--model.learning_rate=0.01",
+        "--data", "cs_lightning.data.DialogueDataModule", f"--data.train_file={train}", "--data.val_fraction=0",
+        "--data.tokenizer_vocab_size=300", "--data.batch_size=4", "--trainer.max_epochs=3"])
+    return ckpts / "last.ckpt"

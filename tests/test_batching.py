@@ -5,7 +5,7 @@ import torch
 from conftest import tiny_intent_files
 from cs_lightning.data import IntentDataModule
 from cs_lightning.data.batching import LengthGroupedBatchSampler, PadCollator
-from cs_lightning.data.datamodule import stratified_split
+from cs_lightning.data.base import stratified_split
 from cs_lightning.data.encoding import cached_encode, encode_records
 from cs_lightning.data.schema import IntentRecord, Turn
 

@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from conftest import CONFIGS, minilm_available, tiny_intent_files, write
-from cs_lightning.cli import CSLightningCLI, main
+from cs_lightning.commands.train import CSLightningCLI, main
 from cs_lightning.models import IntentClassifier
 
 ALL_CONFIGS = sorted(CONFIGS.glob("*.yaml"))

@@ -7,7 +7,7 @@ from collections import Counter, defaultdict
 import pytest
 
 from cs_lightning.data import EcommerceDataModule, FinanceDataModule, MedicalDataModule
-from cs_lightning.data.datamodule import DEMO_ROOT
+from cs_lightning.data.base import DEMO_ROOT
 from cs_lightning.data.schema import read_intent_records
 
 DOMAINS = {"ecommerce": EcommerceDataModule, "finance": FinanceDataModule, "medical": MedicalDataModule}

@@ -152,7 +152,7 @@ def test_nan_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(tmp_pat
 
 CRASH_DURING_WRITE = """
 import os, sys, torch
-from cs_lightning.io import AtomicCheckpointIO
+from cs_lightning.checkpoints import AtomicCheckpointIO
 real_save = torch.save
 def crash(obj, f, *a, **k):
     f.write(b"PK-partial")  # a few bytes of a zip archive, then the process dies mid-write
@@ -164,7 +164,7 @@ AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.ones(3)}}, sys.a
 
 
 def test_a_crash_during_a_checkpoint_write_leaves_the_previous_one_loadable(tmp_path):
-    from cs_lightning.io import AtomicCheckpointIO
+    from cs_lightning.checkpoints import AtomicCheckpointIO
 
     path = tmp_path / "ckpts" / "last.ckpt"
     AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.zeros(3)}, "global_step": 4}, path)
@@ -176,7 +176,7 @@ def test_a_crash_during_a_checkpoint_write_leaves_the_previous_one_loadable(tmp_
 
 def test_non_finite_weights_are_never_written(tmp_path):
     from cs_lightning.errors import CSLightningError
-    from cs_lightning.io import AtomicCheckpointIO
+    from cs_lightning.checkpoints import AtomicCheckpointIO
 
     path = tmp_path / "last.ckpt"
     with pytest.raises(CSLightningError, match="NaN or infinity"):
@@ -198,7 +198,7 @@ def test_a_full_disk_is_one_clear_error_and_the_previous_file_survives(tmp_path,
     import errno
 
     from cs_lightning.errors import CSLightningError
-    from cs_lightning.io import AtomicCheckpointIO
+    from cs_lightning.checkpoints import AtomicCheckpointIO
 
     path = tmp_path / "last.ckpt"
     AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.zeros(2)}, "global_step": 3}, path)
@@ -216,7 +216,7 @@ def test_a_full_disk_is_one_clear_error_and_the_previous_file_survives(tmp_path,
 
 
 def test_a_file_that_is_not_a_checkpoint_is_one_line(tmp_path, capsys):
-    from cs_lightning.cli import main
+    from cs_lightning.commands.train import main
 
     bad = write(tmp_path / "bad.ckpt", "not a checkpoint")
     files = data_files(tmp_path / "data")

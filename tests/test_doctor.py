@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cs_lightning import doctor
+from cs_lightning.commands import doctor
 
 EXPECTED_CHECKS = ["python", "torch", "torch build", "cuda", "gpu", "bf16", "cpu cores", "ram", "log dir", "disk",
                    "pip check", "libraries", "cs-lightning", "pretrained model", "tiny pass"]

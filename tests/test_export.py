@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from conftest import tiny_intent_files, write
-from cs_lightning.cli import main
+from cs_lightning.commands.train import main
 from cs_lightning.data.schema import Turn
-from cs_lightning.export import export, load_checkpoint
-from cs_lightning.export import main as cs_export
+from cs_lightning.checkpoints import load_module
+from cs_lightning.export import export
+from cs_lightning.commands.export import main as cs_export
 
 TEXTS = ["where is my parcel", "forgot my password", "refund please", "my parcel is lost", "reset password",
          "money back for my order"]
@@ -31,7 +32,7 @@ def test_intent_export_loads_in_a_plain_pipeline_and_agrees(tmp_path, backbone):
     from transformers import pipeline
 
     ckpt = fit_intent(tmp_path, backbone)
-    module, _ = load_checkpoint(ckpt)
+    module, _ = load_module(ckpt)
     expected = module.predict_texts(TEXTS)
     cs_export([str(ckpt), str(tmp_path / "hf")])
     assert (tmp_path / "hf" / "model.safetensors").exists()
@@ -56,7 +57,7 @@ def test_reply_export_generates_what_the_checkpoint_generates(tmp_path, backbone
           "--data.val_fraction=0", "--data.tokenizer_vocab_size=300", "--trainer.max_epochs=3",
           "--trainer.enable_progress_bar=false", "--experiment=reply"])
     ckpt = Path("logs/reply/checkpoints/last.ckpt")
-    module, _ = load_checkpoint(ckpt)
+    module, _ = load_module(ckpt)
     context = [Turn("user", "where is my parcel")]
     expected = module.reply_to(context, domain="shop")
     out = export(ckpt, tmp_path / "hf")
@@ -64,11 +65,9 @@ def test_reply_export_generates_what_the_checkpoint_generates(tmp_path, backbone
     auto = AutoModelForCausalLM if info["reply_kind"] == "causal" else AutoModelForSeq2SeqLM
     model, tok = auto.from_pretrained(str(out)).eval(), AutoTokenizer.from_pretrained(str(out))
     # the prompt exactly as cs-lightning builds it (cs_lightning.json documents the same format)
-    from cs_lightning.data.dialogue import ReplyExample
-    from cs_lightning.data.encoding import encode_replies
+    from cs_lightning.prompts import ReplyPrompt
 
-    enc = encode_replies(tok, [ReplyExample("x", "shop", tuple(context), None)], info["reply_kind"], 192, 1, 6, True)
-    ids = enc["input_ids"].long().unsqueeze(0)
+    ids = torch.tensor([ReplyPrompt(tok, info["reply_kind"], 192, 6, True).encode(tuple(context), "shop")[0]])
     if info["reply_kind"] == "causal":
         assert tok.decode(ids[0]) == "shop:<|user|> where is my parcel<|agent|>"  # the documented format
     with torch.no_grad():
@@ -88,7 +87,7 @@ def test_export_of_a_missing_checkpoint_is_one_line(tmp_path, capsys):
 
 def test_export_best_at_the_end_of_fit(tmp_path):
     from cs_lightning.callbacks import ExportBest
-    from cs_lightning.cli import CSLightningCLI
+    from cs_lightning.commands.train import CSLightningCLI
 
     files = tiny_intent_files(tmp_path / "data")
     args = ["--model", "cs_lightning.models.IntentClassifier", "--model.backbone=bert", "--model.pretrained=false",

@@ -4,7 +4,7 @@ import pytest
 
 from conftest import tiny_intent_files
 from cs_lightning.callbacks.freezing import FreezeLayers, GradualUnfreezing
-from cs_lightning.cli import CSLightningCLI
+from cs_lightning.commands.train import CSLightningCLI
 from cs_lightning.data import IntentDataModule
 from cs_lightning.errors import ConfigError
 from cs_lightning.models import IntentClassifier

@@ -6,7 +6,7 @@ import torch
 
 from conftest import tiny_intent_files
 from test_cli import tiny_args
-from cs_lightning.cli import CSLightningCLI
+from cs_lightning.commands.train import CSLightningCLI
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 

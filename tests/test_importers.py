@@ -7,7 +7,7 @@ import pytest
 
 from conftest import shared_file, write
 from cs_lightning.data.dialogue import read_dialogues, reply_examples
-from cs_lightning.data_cli import main as cs_data
+from cs_lightning.commands.data import main as cs_data
 from cs_lightning.errors import DataError
 
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from conftest import tiny_intent_files, write
-from cs_lightning.cli import CSLightningCLI
+from cs_lightning.commands.train import CSLightningCLI
 from cs_lightning.data import IntentDataModule
-from cs_lightning.data_cli import main as cs_data
+from cs_lightning.commands.data import main as cs_data
 from cs_lightning.errors import ConfigError
 from cs_lightning.models.intent import fit_threshold
 

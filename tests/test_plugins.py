@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, tiny_intent_files, write
-from cs_lightning.backbones_cli import describe
-from cs_lightning.cli import main
+from cs_lightning.commands.backbones import describe
+from cs_lightning.commands.train import main
 from cs_lightning.testing import check_backbone
 
 
@@ -29,11 +29,11 @@ def test_cs_backbones_lists_plugins_and_survives_a_broken_one(monkeypatch, capsy
     real = registry._entry_points()
     broken = EntryPoint(name="broken", value="no_such_module_xyz:Thing", group=registry.GROUP)
     monkeypatch.setattr(registry, "_entry_points", lambda: real + [broken])
-    registry.get_backbone.cache_clear()
+    registry.backbone_class.cache_clear()
     try:
         rows = {r["name"]: r for r in describe()}
     finally:
-        registry.get_backbone.cache_clear()
+        registry.backbone_class.cache_clear()
     assert rows["t5"]["tasks"] == ["intent", "reply"] and rows["bert"]["package"] == "cs-lightning"
     assert rows["broken"]["error"] and "failed to import" in rows["broken"]["error"]
 

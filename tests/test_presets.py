@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from conftest import CONFIGS, minilm_available
-from cs_lightning.cli import main
+from cs_lightning.commands.train import main
 
 PRESETS = sorted((CONFIGS / "trainer").glob("*.yaml"))
 

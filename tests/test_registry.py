@@ -37,9 +37,37 @@ def test_plugin_that_is_not_a_backbone_is_refused(monkeypatch):
 
     fake = EntryPoint(name="broken", value="collections:OrderedDict", group=registry.GROUP)
     monkeypatch.setattr(registry, "_entry_points", lambda: [fake])
-    registry.get_backbone.cache_clear()
+    registry.backbone_class.cache_clear()
     try:
         with pytest.raises(ConfigError, match="not a cs_lightning Backbone subclass"):
             registry.get_backbone("broken")
     finally:
-        registry.get_backbone.cache_clear()
+        registry.backbone_class.cache_clear()
+
+
+def test_plugins_are_never_changed_by_a_run_that_trusts_remote_code(tmp_path, monkeypatch):
+    """A model built with remote code trusted, then one without, in the same process: the second does not trust."""
+    import transformers
+
+    from cs_lightning.models import IntentClassifier
+    from cs_lightning.tokenization import train_tokenizer
+
+    tokenizer = str(train_tokenizer(["where is my parcel", "refund please", "cannot log in"] * 5, "wordpiece", 100))
+    asked: list[tuple[str, bool]] = []
+    for name in ("AutoTokenizer", "AutoModelForSequenceClassification"):
+        auto = getattr(transformers, name)
+        method = "from_pretrained" if name == "AutoTokenizer" else "from_config"
+        real = getattr(auto, method)
+
+        def spy(*args, _real=real, _name=name, **kwargs):
+            asked.append((_name, kwargs.get("trust_remote_code")))
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(auto, method, spy)
+    for trust in (True, False):
+        IntentClassifier(backbone="bert", pretrained=False, model_size="tiny", labels=["a", "b"],
+                         tokenizer_path=tokenizer, trust_remote_code=trust)
+    assert asked == [("AutoTokenizer", True), ("AutoModelForSequenceClassification", True),
+                     ("AutoTokenizer", False), ("AutoModelForSequenceClassification", False)]
+    first, second = get_backbone("bert"), get_backbone("bert")
+    assert first is not second and not hasattr(first, "trust_remote_code")

@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from conftest import write
-from cs_lightning.cli import main
-from cs_lightning.data import DialogueDataModule, EcommerceDataModule
-from cs_lightning.data.dialogue import SPECIAL_MARKERS, ContextBuilder, read_dialogues, reply_examples
+from cs_lightning.commands.train import main
+from cs_lightning.data import DialogueDataModule, EcommerceDataModule, EcommerceDialogueDataModule
+from cs_lightning.data.dialogue import read_dialogues, reply_examples
+from cs_lightning.prompts import SPECIAL_MARKERS, ContextBuilder
 from cs_lightning.data.schema import Turn
 from cs_lightning.errors import DataError
 from cs_lightning.models import ReplyGenerator
@@ -197,7 +198,7 @@ def test_context_longer_than_the_window_is_truncated_not_crashing(tmp_path):
 
 def test_domain_demo_dialogues_and_rules_load():
     for language in ("en", "zh"):
-        dm = EcommerceDataModule(task="reply", language=language, backbone="t5")
+        dm = EcommerceDialogueDataModule(language=language, backbone="t5")
         assert len(dm.records["train"]) > 100 and dm.rules.blocked_phrases
         assert dm.tokenizer.convert_tokens_to_ids("<|agent|>") != dm.tokenizer.unk_token_id
 

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from torch.utils.tensorboard import SummaryWriter
 
-from cs_lightning.runs import main, short_names
+from cs_lightning.commands.runs import main, short_names
 
 FREEZE = [{"class_path": "cs_lightning.callbacks.FreezeLayers",
            "init_args": {"num_frozen_blocks": -2, "freeze_embeddings": True}}]

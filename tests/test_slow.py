@@ -3,7 +3,7 @@
 import pytest
 
 from conftest import CONFIGS, minilm_available
-from cs_lightning.cli import CSLightningCLI
+from cs_lightning.commands.train import CSLightningCLI
 
 pytestmark = pytest.mark.slow
 

@@ -5,7 +5,7 @@ import torch
 
 from conftest import tiny_intent_files
 from test_cli import tiny_args
-from cs_lightning.cli import main
+from cs_lightning.commands.train import main
 
 
 def test_training_step_loss_needs_no_host_sync_for_out_of_scope_labels():

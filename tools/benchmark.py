@@ -475,7 +475,7 @@ def run_plain(args, spec: dict, rec: StepRecorder) -> dict:
 def run_cs(args, spec: dict, rec: StepRecorder) -> dict:
     from lightning.pytorch.callbacks import Callback
 
-    from cs_lightning.cli import CSLightningCLI
+    from cs_lightning.commands.train import CSLightningCLI
 
     class StepTimer(Callback):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):

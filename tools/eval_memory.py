@@ -54,7 +54,7 @@ def main(argv=None) -> int:
             val = work / f"val_{size}.csv"
             with open(val, "w", newline="", encoding="utf-8") as f:
                 csv.writer(f).writerows([header] + body[:size])
-            cmd = [sys.executable, "-m", "cs_lightning.cli", "validate", "--config", args.config,
+            cmd = [sys.executable, "-m", "cs_lightning.commands.train", "validate", "--config", args.config,
                    f"--data.init_args.train_file={train}", f"--data.init_args.val_file={val}",
                    "--data.init_args.test_file=null", "--trainer.enable_progress_bar=false",
                    f"--trainer.logger.init_args.save_dir={work / 'logs'}"]

@@ -51,16 +51,17 @@ class Backbone:
     tokenizer_kind: ClassVar[str] = "wordpiece"
     config_class: ClassVar[type | None] = None
     sizes: ClassVar[dict[str, dict[str, Any]]] = {}
-    #: run Python code shipped with hub weights (``model.trust_remote_code``); off unless a config turns it on
-    trust_remote_code: bool = False
+
+    # Per-use settings are arguments, never attributes: a plugin instance is shared state no method may change.
+    # ``trust_remote_code`` runs Python code shipped with hub weights; off unless a config turns it on.
 
     # ----------------------------------------------------------------- tokenizer
-    def load_tokenizer(self, path: str):
+    def load_tokenizer(self, path: str, trust_remote_code: bool = False):
         """Load the tokenizer at ``path`` (a folder or hub id) and fix the family's quirks."""
         from transformers import AutoTokenizer
 
         try:
-            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=self.trust_remote_code)
+            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         except (OSError, ValueError) as err:
             raise ConfigError("tokenizer", f"cannot load a tokenizer from '{path}': {str(err).splitlines()[0]}",
                               "give a folder with tokenizer files, or set model.pretrained: false to train one") from None
@@ -83,13 +84,14 @@ class Backbone:
                                    f"{'/'.join(self.model_types)}",
                               f"set model.backbone to the family of these weights, or point to {self.name} weights")
 
-    def build_config(self, source: ModelSource | None, size: str, overrides: dict | None, tokenizer, **task_kwargs):
+    def build_config(self, source: ModelSource | None, size: str, overrides: dict | None, tokenizer,
+                     trust_remote_code: bool = False, **task_kwargs):
         """A Hugging Face config: from ``source`` when given, else from ``sizes[size]``; then ``overrides``."""
         from transformers import AutoConfig
 
         overrides = dict(overrides or {})
         if source is not None:
-            config = AutoConfig.from_pretrained(source.path, trust_remote_code=self.trust_remote_code, **task_kwargs)
+            config = AutoConfig.from_pretrained(source.path, trust_remote_code=trust_remote_code, **task_kwargs)
         else:
             if size not in self.sizes:
                 raise ConfigError("model.model_size", f"unknown size {size!r} for backbone '{self.name}'",
@@ -114,7 +116,8 @@ class Backbone:
         return config
 
     def load_model(self, task: str, source: ModelSource | None, pretrained: bool, tokenizer, *,
-                   labels: list[str] | None = None, size: str = "small", config_overrides: dict | None = None):
+                   labels: list[str] | None = None, size: str = "small", config_overrides: dict | None = None,
+                   trust_remote_code: bool = False):
         """A Hugging Face model for ``task``.
 
         Args:
@@ -126,6 +129,7 @@ class Backbone:
             labels: label names, for ``intent``.
             size: architecture when there is no ``source``.
             config_overrides: config attributes to change (dropout, number of layers...).
+            trust_remote_code: run Python code shipped with the weights (only for sources the user trusts).
         """
         import transformers
 
@@ -143,12 +147,12 @@ class Backbone:
                 raise ConfigError("model.labels", "no label names", "the data module gives them; check data.train_file")
             task_kwargs = dict(num_labels=len(labels), id2label=dict(enumerate(labels)),
                                label2id={name: i for i, name in enumerate(labels)})
-        config = self.build_config(source, size, config_overrides, tokenizer, **task_kwargs)
+        config = self.build_config(source, size, config_overrides, tokenizer, trust_remote_code, **task_kwargs)
         auto = {"intent": "AutoModelForSequenceClassification", "causal": "AutoModelForCausalLM",
                 "seq2seq": "AutoModelForSeq2SeqLM"}[task if task == "intent" else self.reply_kind]
         auto = getattr(transformers, auto)
-        model = (auto.from_pretrained(source.path, config=config, trust_remote_code=self.trust_remote_code)
-                 if pretrained else auto.from_config(config, trust_remote_code=self.trust_remote_code))
+        model = (auto.from_pretrained(source.path, config=config, trust_remote_code=trust_remote_code)
+                 if pretrained else auto.from_config(config, trust_remote_code=trust_remote_code))
         if model.get_input_embeddings().num_embeddings < len(tokenizer):
             model.resize_token_embeddings(len(tokenizer))
         return model

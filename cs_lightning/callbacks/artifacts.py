@@ -3,33 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback
 
 from cs_lightning.distributed import gather_lists
-from cs_lightning.io import atomic_path
-
-
-def replace_dir(target: Path, fill) -> None:
-    """Build a folder with ``fill(tmp)`` and swap it in for ``target``, so readers never see half of it."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        fill(tmp)
-        old = None
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
-            os.replace(target, old / target.name)
-        os.replace(tmp, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+from cs_lightning.export import export
+from cs_lightning.io import atomic_dir, atomic_path
 
 
 class SaveArtifacts(Callback):
@@ -44,7 +26,7 @@ class SaveArtifacts(Callback):
         folder = Path(ckpt.dirpath)
         tokenizer = getattr(pl_module, "tokenizer", None)
         if tokenizer is not None:
-            replace_dir(folder / "tokenizer", lambda tmp: tokenizer.save_pretrained(str(tmp)))
+            atomic_dir(folder / "tokenizer", lambda tmp: tokenizer.save_pretrained(str(tmp)))
         model = getattr(pl_module, "model", None)
         if hasattr(model, "config") and hasattr(model.config, "to_json_string"):
             with atomic_path(folder / "config.json") as tmp:
@@ -139,7 +121,5 @@ class ExportBest(Callback):
         path = (getattr(ckpt, "best_model_path", "") or getattr(ckpt, "last_model_path", "")) if ckpt else ""
         if not path or not trainer.is_global_zero:
             return
-        from cs_lightning.export import export
-
         export(path, self.output_dir)
         print(f"Exported {path} to {self.output_dir}")

@@ -1,9 +1,9 @@
-"""Conversations: the dialogue reader, and the one context builder every task uses.
+"""Conversations: the dialogue reader and the reply examples taken from it.
 
 A dialogue record is ``{"id", "domain", "turns": [{"role": "user"|"agent", "text"}]}`` (optionally ``"intent"``).
-Every agent turn is one reply-generation example whose context is the turns before it. The same
-:class:`ContextBuilder` joins a message's ``history`` for multi-turn intent recognition: earlier turns with speaker
-markers, at most ``max_turns`` of them and at most a token budget, the newest kept.
+Every agent turn is one reply-generation example whose context is the turns before it. How a context becomes
+tokens (speaker markers, the newest turns kept within a budget) is :mod:`cs_lightning.prompts`, shared with
+inference.
 """
 
 from __future__ import annotations
@@ -12,12 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from cs_lightning.data.schema import ROLES, Turn, read_rows
+from cs_lightning.data.schema import read_rows
 from cs_lightning.errors import DataError
-
-# Plain-text markers suit pretrained encoders (they already know the words); reply models get special tokens.
-TEXT_MARKERS = {"user": "user:", "agent": "agent:"}
-SPECIAL_MARKERS = {"user": "<|user|>", "agent": "<|agent|>"}
+from cs_lightning.prompts import ROLES, Turn
 
 
 @dataclass(frozen=True)
@@ -126,80 +123,3 @@ def reply_examples(dialogues: Sequence[Dialogue]) -> list[ReplyExample]:
 def prediction_examples(dialogues: Sequence[Dialogue]) -> list[ReplyExample]:
     """One example per dialogue: the whole conversation so far is the context of the next agent reply."""
     return [ReplyExample(d.id, d.domain, d.turns, None, d.intent) for d in dialogues]
-
-
-class ContextBuilder:
-    """Token ids of a conversation context: speaker-marked turns, oldest first, newest kept within the budget.
-
-    Works on the fast tokenizer's backend, so a turn is tokenized once and the special tokens of any family
-    (BERT's ``[CLS] a [SEP] b [SEP]``, T5's ``a </s> b </s>``, GPT-2's none) come from the tokenizer itself.
-
-    Args:
-        tokenizer: a Hugging Face fast tokenizer.
-        max_turns: earlier turns kept at most (None: all).
-        markers: text put before each turn, by role (:data:`TEXT_MARKERS` or :data:`SPECIAL_MARKERS`).
-        domain_prefix: put ``"<domain>:"`` before the context when the example has a domain.
-    """
-
-    def __init__(self, tokenizer, max_turns: int | None = None, markers: dict[str, str] | None = None,
-                 domain_prefix: bool = False):
-        self.tokenizer, self.max_turns = tokenizer, max_turns
-        self.markers = markers or TEXT_MARKERS
-        self.domain_prefix = domain_prefix
-        self.backend = tokenizer.backend_tokenizer
-        self.backend.no_truncation()
-        self.backend.no_padding()
-        processor = self.backend.post_processor
-        self.specials = {pair: processor.num_special_tokens_to_add(pair) if processor else 0 for pair in (False, True)}
-
-    def encode(self, text: str):
-        """The backend encoding of ``text`` without special tokens."""
-        return self.backend.encode(text, add_special_tokens=False)
-
-    def context_encoding(self, turns: Sequence[Turn], budget: int, domain: str | None = None):
-        """At most ``budget`` tokens: the newest turns whole, then the end of the next older one if room is left.
-        Returns a backend ``Encoding``, or None when nothing fits."""
-        from tokenizers import Encoding
-
-        if self.max_turns is not None:
-            turns = turns[-self.max_turns:] if self.max_turns > 0 else ()
-        prefix = [self.encode(f"{domain}:")] if self.domain_prefix and domain else []
-        budget -= sum(len(p) for p in prefix)
-        kept, used = [], 0
-        for turn in reversed(turns):
-            if used >= budget:
-                break
-            enc = self.encode(f"{self.markers[turn.role]} {turn.text}")
-            if used + len(enc) > budget:
-                enc.truncate(budget - used, direction="left")  # the oldest turn kept loses its beginning
-            kept.append(enc)
-            used += len(enc)
-        parts = prefix + kept[::-1]
-        return Encoding.merge(parts, growing_offsets=True) if parts else None
-
-    def context_ids(self, turns: Sequence[Turn], budget: int, domain: str | None = None) -> list[int]:
-        """:meth:`context_encoding` as a list of ids."""
-        enc = self.context_encoding(turns, budget, domain)
-        return list(enc.ids) if enc is not None else []
-
-    def message_with_history(self, text: str, history: Sequence[Turn], max_length: int) -> tuple[list[int], list[int]]:
-        """Multi-turn intent input: the message, then its history, with the family's special tokens; the message is
-        cut only when it alone fills ``max_length``. Families with token types (BERT) get the history as the second
-        segment; the others (T5, GPT) one sequence, since T5's classifier expects a single end-of-sequence token.
-        Returns ids and token type ids."""
-        from tokenizers import Encoding
-
-        pair = "token_type_ids" in self.tokenizer.model_input_names
-        message = self.encode(text)
-        room = max_length - self.specials[pair and bool(history)] - len(message)
-        context = self.context_encoding(history, room) if history and room > 0 else None
-        if context is None:
-            if len(message) > max_length - self.specials[False]:
-                message.truncate(max_length - self.specials[False])
-            final = self.backend.post_process(message, None, add_special_tokens=True)
-        elif pair:
-            final = self.backend.post_process(message, context, add_special_tokens=True)
-        else:
-            merged = Encoding.merge([message, context], growing_offsets=True)
-            final = self.backend.post_process(merged, None, add_special_tokens=True)
-        return list(final.ids), list(final.type_ids)

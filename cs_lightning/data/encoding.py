@@ -6,12 +6,12 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from tokenizers import Encoding
 
-from cs_lightning.data.dialogue import SPECIAL_MARKERS, TEXT_MARKERS, ContextBuilder, ReplyExample
+from cs_lightning.data.dialogue import ReplyExample
 from cs_lightning.data.schema import IntentRecord
 from cs_lightning.errors import CSLightningError
 from cs_lightning.io import atomic_path
+from cs_lightning.prompts import TEXT_MARKERS, ContextBuilder, ReplyPrompt
 from cs_lightning.tokenization import cache_root, content_key, tokenizer_fingerprint
 
 _VERSION = "3"  # bump when the encoding below changes
@@ -76,31 +76,16 @@ def cached_encode(tokenizer, records: Sequence[IntentRecord], max_length: int, m
 
 def encode_replies(tokenizer, examples: Sequence[ReplyExample], kind: str, max_context_tokens: int,
                    max_reply_tokens: int, max_history_turns: int, domain_prefix: bool) -> dict:
-    """Token ids of reply examples.
-
-    ``causal``: input = context + ``<|agent|>`` + reply + EOS, with ``prompt_lengths`` marking where the reply starts
-    (the loss covers the reply and EOS only). ``seq2seq``: input = context + ``<|agent|>`` with the family's special
-    tokens; targets = reply + EOS. Examples without a reply (prediction input) get the prompt only.
-    """
-    builder = ContextBuilder(tokenizer, max_turns=max_history_turns, markers=SPECIAL_MARKERS,
-                             domain_prefix=domain_prefix)
-    agent = builder.encode(SPECIAL_MARKERS["agent"])
-    eos = tokenizer.eos_token_id
+    """Token ids of reply examples in the prompt format of :class:`~cs_lightning.prompts.ReplyPrompt`: inputs,
+    targets (reply + EOS) and, for causal models, ``prompt_lengths`` marking where the reply starts (the loss covers
+    the reply and EOS only). Examples without a reply (prediction input) get the prompt only."""
+    prompt = ReplyPrompt(tokenizer, kind, max_context_tokens, max_history_turns, domain_prefix, max_reply_tokens)
     inputs, targets, prompt_lengths = [], [], []
     for ex in examples:
-        reply = []
-        if ex.reply is not None:
-            reply = list(builder.encode((" " if kind == "causal" else "") + ex.reply).ids[:max_reply_tokens]) + [eos]
-        if kind == "causal":
-            prompt = builder.context_ids(ex.context, max_context_tokens - len(agent), ex.domain) + list(agent.ids)
-            inputs.append(prompt + reply)
-            prompt_lengths.append(len(prompt))
-        else:
-            budget = max_context_tokens - len(agent) - builder.specials[False]
-            context = builder.context_encoding(ex.context, budget, ex.domain)
-            merged = Encoding.merge([context, agent], growing_offsets=True) if context is not None else agent
-            inputs.append(list(builder.backend.post_process(merged, None, add_special_tokens=True).ids))
-        targets.append(reply)
+        ids, target, prompt_length = prompt.encode(ex.context, ex.domain, ex.reply)
+        inputs.append(ids)
+        targets.append(target)
+        prompt_lengths.append(prompt_length)
     result = {}
     result["input_ids"], result["offsets"] = _flat(inputs)
     result["target_ids"], result["target_offsets"] = _flat(targets)

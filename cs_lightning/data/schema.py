@@ -12,25 +12,16 @@ import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, NamedTuple, Sequence
+from typing import Iterator, Sequence
 
 from cs_lightning.errors import DataError
+from cs_lightning.prompts import ROLES, Turn
 
 # Column names that other public datasets use for the same thing (Banking77: `category`, KUAKE-QIC: `query`).
 TEXT_ALIASES = ("text", "query", "utterance", "sentence", "message", "content")
 LABEL_ALIASES = ("label", "category", "intent", "class")
 HISTORY_ALIASES = ("history", "context")
 ID_ALIASES = ("id", "guid", "uid")
-ROLES = ("user", "agent")
-
-
-class Turn(NamedTuple):
-    """One utterance of a conversation: who said it (``user`` or ``agent``) and what. (A named tuple, so batches
-    that carry conversations move between devices untouched.)"""
-
-    role: str
-    text: str
-
 
 @dataclass(frozen=True)
 class IntentRecord:

@@ -72,12 +72,11 @@ class BackboneModule(pl.LightningModule):
         if trust_remote_code:
             rank_zero_warn("model.trust_remote_code is on: Python code shipped with the weights will run; use it "
                            "only for weights whose source you trust")
-            self.backbone.trust_remote_code = True
         source = resolve_model(model_name_or_path) if model_name_or_path else None
         if tokenizer_path is None and source is None:
             raise ConfigError("model.tokenizer_path", "no tokenizer",
                               "set model.model_name_or_path, or let the data module train one (cs-train links it)")
-        self.tokenizer = self.backbone.load_tokenizer(tokenizer_path or source.path)
+        self.tokenizer = self.backbone.load_tokenizer(tokenizer_path or source.path, trust_remote_code)
         if pretrained:
             rank_zero_info(f"Backbone '{backbone}': loading pretrained weights {source.describe()}")
         else:
@@ -85,7 +84,8 @@ class BackboneModule(pl.LightningModule):
             rank_zero_info(f"Backbone '{backbone}': random initialisation from {what}")
         try:
             self.model = self.backbone.load_model(self.task, source, pretrained, self.tokenizer, size=model_size,
-                                                  config_overrides=config_overrides, **task_kwargs)
+                                                  config_overrides=config_overrides,
+                                                  trust_remote_code=trust_remote_code, **task_kwargs)
             self.model.train()  # from_pretrained returns eval mode; Lightning keeps whatever mode it finds
         except OSError as err:  # the hub could not be reached or the files are incomplete
             raise not_found(model_name_or_path, [source.path, f"hub ({str(err).splitlines()[0][:120]})"]) from None

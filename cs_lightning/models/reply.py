@@ -11,14 +11,8 @@ from torchmetrics import MeanMetric, SumMetric
 from torchmetrics.text import CHRFScore, ROUGEScore, SacreBLEUScore
 
 from cs_lightning.models.base import BackboneModule
+from cs_lightning.prompts import ReplyPrompt, join_cjk
 from cs_lightning.rules import BusinessRules
-
-_CJK = r"\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uff00-\uffef"
-
-
-def join_cjk(text: str) -> str:
-    """Drop the spaces some tokenizers put between Chinese characters when decoding."""
-    return re.sub(rf"(?<=[{_CJK}])\s+(?=[{_CJK}])", "", text)
 
 
 def char_tokens(text: str) -> list[str]:
@@ -213,14 +207,11 @@ class ReplyGenerator(BackboneModule):
     @torch.no_grad()
     def reply_to(self, turns, domain: str | None = None, max_context_tokens: int = 192, max_history_turns: int = 6,
                  domain_prefix: bool = True) -> str:
-        """The next agent reply to a conversation (a list of ``Turn``), for chat and quick checks."""
-        from cs_lightning.data.dialogue import ReplyExample
-        from cs_lightning.data.encoding import encode_replies
-
-        example = ReplyExample("chat", domain, tuple(turns), None)
-        enc = encode_replies(self.tokenizer, [example], self.backbone.reply_kind, max_context_tokens, 1,
-                             max_history_turns, domain_prefix)
-        ids = enc["input_ids"].long().unsqueeze(0).to(self.device)
+        """The next agent reply to a conversation (a list of ``Turn``), for chat and quick checks; the prompt is
+        built exactly as in training (:class:`~cs_lightning.prompts.ReplyPrompt`)."""
+        prompt = ReplyPrompt(self.tokenizer, self.backbone.reply_kind, max_context_tokens, max_history_turns,
+                             domain_prefix)
+        ids = torch.tensor([prompt.encode(tuple(turns), domain)[0]], dtype=torch.long, device=self.device)
         was_training = self.training
         self.eval()
         reply = self.generate_replies(ids, torch.ones_like(ids))[0]

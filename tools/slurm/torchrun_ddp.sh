@@ -25,6 +25,6 @@ RESUME=()
 export TOKENIZERS_PARALLELISM=false
 exec torchrun --nnodes="${NNODES}" --node-rank="${NODE_RANK}" --nproc-per-node="${NPROC}" \
     --master-addr="${MASTER_ADDR}" --master-port="${MASTER_PORT}" \
-    -m cs_lightning.cli fit --config "${CONFIG}" --config configs/trainer/ddp.yaml \
+    -m cs_lightning.commands.train fit --config "${CONFIG}" --config configs/trainer/ddp.yaml \
     --trainer.accelerator="${ACCELERATOR}" --trainer.devices="${NPROC}" --trainer.num_nodes="${NNODES}" \
     --experiment="${EXPERIMENT}" "${RESUME[@]}" "$@"

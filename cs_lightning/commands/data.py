@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
+from cs_lightning.commands import run_command
 from cs_lightning.errors import CSLightningError
 from cs_lightning.importers import FORMATS, IMPORTERS, INTENT_IMPORTERS
 from cs_lightning.io import atomic_path
@@ -113,15 +113,10 @@ def main(argv: list[str] | None = None) -> None:
     val.add_argument("--text-column", default=None)
     val.add_argument("--label-column", default=None)
     args = parser.parse_args(argv)
-    try:
-        if args.command == "validate":
-            code = run_validate(args.files, args.task, args.text_column, args.label_column)
-        else:
-            code = run_import(args.format, args.src, args.out)
-    except CSLightningError as err:
-        print(f"cs-data: error: {err}", file=sys.stderr)
-        code = 2
-    raise SystemExit(code)
+    if args.command == "validate":
+        run_command("cs-data", lambda: run_validate(args.files, args.task, args.text_column, args.label_column))
+    else:
+        run_command("cs-data", lambda: run_import(args.format, args.src, args.out))
 
 
 if __name__ == "__main__":

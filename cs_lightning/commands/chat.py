@@ -6,8 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cs_lightning.errors import ConfigError, CSLightningError
-from cs_lightning.export import load_checkpoint
+from cs_lightning.commands import run_command
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -15,15 +14,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ckpt", required=True, help="a reply model checkpoint (logs/<experiment>/checkpoints/...)")
     parser.add_argument("--domain", default=None, help="domain prefix to use (default: the training data's)")
     args = parser.parse_args(argv)
-    from cs_lightning.data.schema import Turn
+    from cs_lightning.checkpoints import load_module
+    from cs_lightning.prompts import Turn
 
-    try:
-        model, data = load_checkpoint(args.ckpt)
-        if getattr(model, "task", None) != "reply":
-            raise ConfigError("--ckpt", f"{args.ckpt} is not a reply model", "give a ReplyGenerator checkpoint")
-    except CSLightningError as err:
-        print(f"cs-chat: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+    loaded = []
+    run_command("cs-chat", lambda: loaded.append(load_module(args.ckpt, task="reply", key="--ckpt")))
+    model, data = loaded[0]
     settings = {k: data[k] for k in ("max_context_tokens", "max_history_turns", "domain_prefix") if k in data}
     domain = args.domain
     print("cs-chat: type a message; /reset starts over, /quit (or Ctrl-D) leaves.", flush=True)

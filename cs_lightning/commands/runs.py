@@ -12,7 +12,7 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import yaml
 from rich.console import Console
@@ -20,7 +20,9 @@ from rich.table import Table
 from rich.text import Text
 from tensorboard.backend.event_processing import event_accumulator
 
+from cs_lightning.commands import fail, run_command
 from cs_lightning.errors import CSLightningError
+from cs_lightning.io import atomic_path
 
 PROG = "cs-runs"
 KEY_METRICS = ("val/acc", "val/f1_macro", "val/loss", "val/bleu", "val/rougeL", "test/acc", "test/f1_macro")
@@ -303,7 +305,6 @@ def plot_metric(runs: list[Run], metric: str, out: str | Path, figure_class) -> 
     Raises:
         CSLightningError: when no run logged ``metric`` or the format is not one matplotlib writes.
     """
-    from cs_lightning.io import atomic_path  # imported here: it loads Lightning, which only plotting needs
 
     drawn = [run for run in runs if run.scalars.get(metric)]
     if not drawn:
@@ -327,11 +328,6 @@ def plot_metric(runs: list[Run], metric: str, out: str | Path, figure_class) -> 
 
 
 # ---------------------------------------------------------------------------------------------------- command line
-def _fail(message: str, code: int) -> NoReturn:
-    print(f"{PROG}: error: {message}", file=sys.stderr)
-    raise SystemExit(code)
-
-
 def main(argv: list[str] | None = None) -> None:
     """Run ``cs-runs``.
 
@@ -352,13 +348,15 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--metric and --plot go together")
     figure_class = _figure_class() if args.plot else None
     if args.plot and figure_class is None:
-        _fail(MATPLOTLIB_MISSING, 2)
-    try:
-        runs = load_runs(args.log_dir, args.runs)
+        fail(PROG, MATPLOTLIB_MISSING, 2)
+    runs = []
+
+    def read() -> None:
+        runs.extend(load_runs(args.log_dir, args.runs))
         if args.plot:
             print(f"{PROG}: wrote {plot_metric(runs, args.metric, args.plot, figure_class)}", file=sys.stderr)
-    except (CSLightningError, OSError) as err:
-        _fail(str(err), 1)
+
+    run_command(PROG, read, code=1, also=(OSError,))
     records = summarize(runs)
     if args.json:
         print(json.dumps(records, indent=2, default=str))

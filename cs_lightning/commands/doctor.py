@@ -39,7 +39,7 @@ MIN_FREE_DISK_GB = 5
 PIP_CHECK_TIMEOUT_S = 60
 NVIDIA_SMI_TIMEOUT_S = 15
 LIBRARIES = ("lightning", "transformers", "torchmetrics", "jsonargparse", "tensorboard")
-CS_LIGHTNING_MODULES = ("cs_lightning.cli", "cs_lightning.models", "cs_lightning.data")
+CS_LIGHTNING_MODULES = ("cs_lightning.commands.train", "cs_lightning.models", "cs_lightning.data")
 CRASH_FIX = "the check itself raised an error: fix its cause (shown in the value) or report it with this output"
 BASE_MODEL_ADVICE = ("train small models here (--model.model_size small, or the default all-MiniLM-L6-v2), "
                      "or use a machine with an NVIDIA GPU")

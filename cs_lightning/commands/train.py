@@ -24,7 +24,9 @@ from lightning.pytorch.plugins.environments import ClusterEnvironment, SLURMEnvi
 
 from cs_lightning.callbacks import (BestAndLastCheckpoint, HParamsSummary, IntentReport, MetricsFile, NonFiniteGuard,
                                     PredictionWriter, Preemption, SaveArtifacts)
-from cs_lightning.errors import ConfigError, user_error
+from cs_lightning.checkpoints import check_task, read_checkpoint
+from cs_lightning.commands import run_command
+from cs_lightning.errors import ConfigError
 
 LOG_DIR = "logs"
 TENSORBOARD = "lightning.pytorch.loggers.TensorBoardLogger"
@@ -43,7 +45,7 @@ class CSLightningCLI(LightningCLI):
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("trainer_defaults", {
             "logger": {"class_path": TENSORBOARD, "init_args": {"save_dir": LOG_DIR, "default_hp_metric": False}},
-            "plugins": {"class_path": "cs_lightning.io.AtomicCheckpointIO"},
+            "plugins": {"class_path": "cs_lightning.checkpoints.AtomicCheckpointIO"},
             "log_every_n_steps": 10,
         })
         super().__init__(*args, **kwargs)
@@ -83,24 +85,37 @@ class CSLightningCLI(LightningCLI):
         return f"{backbone}_run"
 
     @staticmethod
-    def _task_of(cfg) -> str | None:
-        """The task of the configured model class (``intent``, ``reply``), None for other modules."""
+    def _class_of(section) -> type | None:
         try:
-            module, _, name = cfg.model.class_path.rpartition(".")
-            return getattr(getattr(importlib.import_module(module), name), "task", None)
+            module, _, name = section.class_path.rpartition(".")
+            return getattr(importlib.import_module(module), name)
         except (AttributeError, ImportError, ValueError):
             return None
 
+    @classmethod
+    def _task_of(cls, cfg) -> str | None:
+        """The task of the configured model class (``intent``, ``reply``), None for other modules."""
+        return getattr(cls._class_of(cfg.model), "task", None) or None
+
+    def _check_tasks(self, cfg) -> str | None:
+        """The model's task, after checking that the data module serves it (a dialogue module for a reply model)."""
+        task = self._task_of(cfg)
+        data_class = self._class_of(cfg.data)
+        data_task = getattr(data_class, "task", None) or None
+        if task and data_task and task != data_task:
+            from cs_lightning.data import DOMAIN_MODULES
+
+            domain = getattr(data_class, "domain", None)
+            match = DOMAIN_MODULES.get(domain, {}).get(task) if domain else None
+            generic = {"intent": "IntentDataModule", "reply": "DialogueDataModule"}.get(task, "")
+            use = f"cs_lightning.data.{match.__name__ if match else generic}"
+            raise ConfigError("data.class_path", f"{data_class.__name__} serves {data_task} data, but the model "
+                              f"{cfg.model.class_path.rpartition('.')[2]} needs {task} data", f"use {use}")
+        return task
+
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
-        task = self._task_of(cfg)
-        data_args = cfg.data.get("init_args") if hasattr(cfg.data, "get") else None
-        if task and data_args is not None and "task" in data_args:
-            if data_args.task is None:
-                data_args.task = task
-            elif data_args.task != task:
-                raise ConfigError("data.task", f"'{data_args.task}' does not match the model's task '{task}'",
-                                  f"set data.init_args.task: {task}, or use the model class for '{data_args.task}'")
+        task = self._check_tasks(cfg)
         ckpt = cfg.checkpoint
         if ckpt.get("monitor") is None:
             ckpt.monitor, ckpt.mode = ("val/loss", "min") if task == "reply" else ("val/f1_macro", "max")
@@ -139,24 +154,17 @@ class CSLightningCLI(LightningCLI):
         argument would fail to build from its own checkpoint."""
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if not ckpt_path or not Path(ckpt_path).is_file():
+        if not ckpt_path or ckpt_path in ("best", "last", "hpc", "registry"):
             return
         import inspect
 
-        import torch
-
-        try:
-            # mmap: only the hyper-parameters are read here; the weights stay on disk until the trainer loads them
-            checkpoint = torch.load(ckpt_path, weights_only=True, map_location="cpu", mmap=True)
-        except Exception as err:  # a truncated file, not a checkpoint, or one that would need to run code
-            why = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
-            if why.startswith(("Weights only load failed", "mmap can only be used")):
-                why = "not a checkpoint, or it holds objects that only arbitrary code could load"
-            elif why.startswith("PytorchStreamReader failed"):
-                why = "the file is truncated or damaged"
-            raise ConfigError("ckpt_path", f"{ckpt_path} is not a readable checkpoint ({why})",
-                              "give a .ckpt written by cs-train (logs/<experiment>/checkpoints/)") from None
-        hparams = checkpoint.get("hyper_parameters", {}) if isinstance(checkpoint, dict) else {}
+        # mmap: only the hyper-parameters are read here; the weights stay on disk until the trainer loads them
+        checkpoint = read_checkpoint(ckpt_path, "ckpt_path", mmap=True)
+        task = self._task_of(self.config[subcommand])
+        if task:
+            check_task(checkpoint, task, ckpt_path, fix="give a checkpoint of this config's model, or the config "
+                                                        "the checkpoint was trained with")
+        hparams = dict(checkpoint.get("hyper_parameters", {}))
         hparams.pop("_instantiator", None)
         class_path = hparams.pop("_class_path", None)
         if not hparams or class_path is None:
@@ -220,14 +228,11 @@ class CSLightningCLI(LightningCLI):
 def main(args: list[str] | None = None) -> None:
     """Entry point of ``cs-train``."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:
+
+    def body() -> None:
         CSLightningCLI(args=args)
-    except Exception as exc:
-        err = user_error(exc)
-        if err is None:
-            raise
-        print(f"cs-train: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+
+    run_command("cs-train", body)
 
 
 if __name__ == "__main__":
