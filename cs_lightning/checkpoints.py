@@ -12,7 +12,6 @@ writes through :func:`cs_lightning.io.atomic_path`, so a crash or a full disk ne
 from __future__ import annotations
 
 import importlib
-import os
 from pathlib import Path
 from typing import Any
 
@@ -159,11 +158,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise CSLightningError(f"{path}: not saved, the weights hold NaN or infinity ({', '.join(bad[:3])}"
                                    f"{', ...' if len(bad) > 3 else ''}); lower model.learning_rate or set "
                                    "trainer.gradient_clip_val, and resume from the last good checkpoint")
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
+        with atomic_path(path) as tmp:  # flushed to disk and renamed into place there
+            torch.save(checkpoint, tmp)
 
     def load_checkpoint(self, path, map_location=None, weights_only: bool | None = None) -> dict[str, Any]:
         return read_checkpoint(path, any_module=True)

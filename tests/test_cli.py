@@ -127,7 +127,7 @@ def test_wrong_config_key_is_refused(tmp_path, capsys):
 
 def test_console_script_runs():
     exe = Path(sys.executable).parent / "cs-train"
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "cs_lightning.cli"]
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "cs_lightning.commands.train"]
     out = subprocess.run([*cmd, "fit", "--help"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "--model.help" in out.stdout
 

@@ -24,6 +24,9 @@ from conftest import write
 TESTS = Path(__file__).resolve().parent
 CS_TRAIN = [str(Path(sys.executable).with_name("cs-train"))]
 NO_DROPOUT = "--model.config_overrides={hidden_dropout_prob: 0.0, attention_probs_dropout_prob: 0.0}"
+# with pytest-xdist (README's command), these tests share one worker: the 2-rank runs would otherwise compete with
+# each other for the cores, and they share the session's straight-through reference run
+pytestmark = pytest.mark.xdist_group("ddp")
 WORDS = "please today again now my the order account card parcel refund money back help urgent".split()
 
 
@@ -50,13 +53,26 @@ def base_args(files: dict, experiment: str, *extra: str) -> list[str]:
             *extra]
 
 
-def cs_train(subcommand: str, args: list[str], check: bool = True, timeout: int = 240) -> subprocess.CompletedProcess:
+def cs_train(subcommand: str, args: list[str], check: bool = True, timeout: int = 240,
+             cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([*CS_TRAIN, subcommand, *args], capture_output=True, text=True, env=env, timeout=timeout)
+    if cwd is not None:
+        env["CS_LIGHTNING_CACHE"] = str(cwd / "cache")
+    done = subprocess.run([*CS_TRAIN, subcommand, *args], capture_output=True, text=True, env=env, timeout=timeout,
+                          cwd=cwd)
     if check and done.returncode != 0:
         raise AssertionError(f"cs-train {subcommand} exited {done.returncode}:\n{done.stderr[-4000:]}")
     return done
+
+
+@pytest.fixture(scope="session")
+def straight(tmp_path_factory) -> Path:
+    """``last.ckpt`` of two epochs trained straight through: the reference every stop-and-resume test compares with
+    (trained once per session, in its own folder)."""
+    folder = tmp_path_factory.mktemp("straight")
+    cs_train("fit", base_args(data_files(folder / "data"), "straight", "--trainer.max_epochs=2"), cwd=folder)
+    return folder / "logs" / "straight" / "checkpoints" / "last.ckpt"
 
 
 def weights(path: Path) -> dict:
@@ -95,19 +111,18 @@ def test_two_ranks_at_half_batch_train_like_one_rank(tmp_path):
     assert max_difference(one, weights(Path("logs/half/checkpoints/last.ckpt"))) > 1e-3
 
 
-def test_resume_in_a_new_process_continues_exactly(tmp_path):
+def test_resume_in_a_new_process_continues_exactly(tmp_path, straight):
     """Two epochs straight vs the first epoch, stop, and the second in a new process with --ckpt_path last.
 
     The signal comes with the first epoch's last batch: the epoch finishes (validation, epoch-end checkpoint) and
     the run stops at the next batch boundary, since Lightning cannot resume from the last batch of an epoch."""
     files = data_files(tmp_path / "data")  # 48 examples, batch 8: 6 steps an epoch
-    cs_train("fit", base_args(files, "straight", "--trainer.max_epochs=2"))
     cs_train("fit", base_args(files, "resumed", "--trainer.max_epochs=2", "--trainer.callbacks+=run_helpers.SignalAt",
                               "--trainer.callbacks.step=6"))
     stopped = torch.load("logs/resumed/checkpoints/last.ckpt", weights_only=True)
     assert stopped["global_step"] == 7 and stopped["epoch"] == 1
     cs_train("fit", base_args(files, "resumed", "--trainer.max_epochs=2", "--ckpt_path=last"))
-    straight = torch.load("logs/straight/checkpoints/last.ckpt", map_location="cpu", weights_only=True)
+    straight = torch.load(straight, map_location="cpu", weights_only=True)
     resumed = torch.load("logs/resumed/checkpoints/last.ckpt", map_location="cpu", weights_only=True)
     assert straight["global_step"] == resumed["global_step"] == 12
     assert max_difference(straight["state_dict"], resumed["state_dict"]) < 1e-6
@@ -117,7 +132,7 @@ def test_resume_in_a_new_process_continues_exactly(tmp_path):
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])
-def test_signal_mid_epoch_saves_and_the_resumed_run_sees_every_sample_once(tmp_path, signum):
+def test_signal_mid_epoch_saves_and_the_resumed_run_sees_every_sample_once(tmp_path, signum, straight):
     files = data_files(tmp_path / "data")  # 48 examples, batch 8: 6 steps an epoch
     record = tmp_path / "batches.jsonl"
     recorder = ["--trainer.callbacks+=run_helpers.RecordBatches", f"--trainer.callbacks.path={record}"]
@@ -132,9 +147,7 @@ def test_signal_mid_epoch_saves_and_the_resumed_run_sees_every_sample_once(tmp_p
     second_epoch = [i for r in rows if r["epoch"] == 1 for i in r["ids"]]
     assert sorted(second_epoch) == sorted(set(second_epoch)) and len(second_epoch) == 48
     # and the weights are those of an uninterrupted run
-    cs_train("fit", base_args(files, "straight", "--trainer.max_epochs=2"))
-    assert max_difference(weights(Path("logs/pre/checkpoints/last.ckpt")),
-                          weights(Path("logs/straight/checkpoints/last.ckpt"))) < 1e-6
+    assert max_difference(weights(Path("logs/pre/checkpoints/last.ckpt")), weights(straight)) < 1e-6
 
 
 def test_nan_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -184,11 +197,10 @@ def test_non_finite_weights_are_never_written(tmp_path):
     assert not path.exists()
 
 
-def test_predict_on_two_ranks_writes_every_input_once_in_file_order(tmp_path):
+def test_predict_on_two_ranks_writes_every_input_once_in_file_order(tmp_path, straight):
     files = data_files(tmp_path / "data")
-    cs_train("fit", base_args(files, "base", "--trainer.max_epochs=1"))
     done = cs_train("predict", base_args(files, "pred", "--trainer.devices=2", "--trainer.strategy=ddp",
-                                         "--ckpt_path=logs/base/checkpoints/last.ckpt",
+                                         f"--ckpt_path={straight}",
                                          f"--data.predict_file={files['val']}", "--predict_output=preds.jsonl"))
     rows = [json.loads(line) for line in Path("preds.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rows] == [f"val.csv:{i}" for i in range(2, 27)], done.stdout[-1000:]

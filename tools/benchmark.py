@@ -270,8 +270,9 @@ def build_module(conf: dict, dm):
     """The LightningModule with the values the CLI links from the data module (labels, counts, tokenizer...)."""
     cls = _import(conf["model_class"])
     accepted = inspect.signature(cls.__init__).parameters
-    links = {"labels": dm.label_names, "label_counts": dm.label_counts, "tokenizer_path": dm.tokenizer_path,
-             "rules_path": dm.rules_path, "language": dm.hparams.language, "oos_label": dm.hparams.oos_label}
+    links = {"labels": getattr(dm, "label_names", None), "label_counts": getattr(dm, "label_counts", None),
+             "tokenizer_path": dm.tokenizer_path, "rules_path": getattr(dm, "rules_path", None),
+             "language": dm.hparams.language, "oos_label": dm.hparams.get("oos_label")}
     kwargs = {**conf["model"], **{k: v for k, v in links.items() if k in accepted}}
     return cls(**kwargs)
 
@@ -488,8 +489,8 @@ def run_cs(args, spec: dict, rec: StepRecorder) -> dict:
             trainer = super().instantiate_trainer(**kwargs)
             callbacks = sorted(type(c).__name__ for c in trainer.callbacks)
             trainer.callbacks.append(StepTimer())
-            dm, make, model = self.datamodule, self.datamodule._collator, self.model
-            dm._collator = lambda generation: RecordingCollator(make(generation), rec)
+            dm, make, model = self.datamodule, self.datamodule.collator, self.model
+            dm.collator = lambda generation: RecordingCollator(make(generation), rec)
             rec.report = lambda: finish(rec, args, "cs", spec["case"], model.model, {
                 "callbacks": callbacks, "optimizer": _impl(trainer.optimizers[0]) if trainer.optimizers else None})
             return trainer
