@@ -1,4 +1,6 @@
-"""DDP on 2 CPU ranks and fault tolerance, through real ``cs-train`` processes (as users and clusters run it).
+"""DDP on 2 CPU ranks and fault tolerance, through real ``cs-train`` processes (as users and clusters run it) for
+every run that needs one (two ranks, a signal, a resume in a new process); the single-process reference runs they are
+compared with run in-process.
 
 - validating one checkpoint on 1 and on 2 ranks, with an odd-sized validation set, gives the same metrics;
 - 2 ranks at batch B/2 train to the same weights as 1 rank at batch B;
@@ -15,6 +17,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 import torch
@@ -24,9 +27,6 @@ from conftest import write
 TESTS = Path(__file__).resolve().parent
 CS_TRAIN = [str(Path(sys.executable).with_name("cs-train"))]
 NO_DROPOUT = "--model.config_overrides={hidden_dropout_prob: 0.0, attention_probs_dropout_prob: 0.0}"
-# with pytest-xdist (README's command), these tests share one worker: the 2-rank runs would otherwise compete with
-# each other for the cores, and they share the session's straight-through reference run
-pytestmark = pytest.mark.xdist_group("ddp")
 WORDS = "please today again now my the order account card parcel refund money back help urgent".split()
 
 
@@ -53,12 +53,12 @@ def base_args(files: dict, experiment: str, *extra: str) -> list[str]:
             *extra]
 
 
-def cs_train(subcommand: str, args: list[str], check: bool = True, timeout: int = 240,
-             cwd: Path | None = None) -> subprocess.CompletedProcess:
+def cs_train(subcommand: str, args: list[str], check: bool = True, timeout: int = 240, cwd: Path | None = None,
+             cache: Path | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1"}
-    if cwd is not None:
-        env["CS_LIGHTNING_CACHE"] = str(cwd / "cache")
+    if cache is not None:
+        env["CS_LIGHTNING_CACHE"] = str(cache)
     done = subprocess.run([*CS_TRAIN, subcommand, *args], capture_output=True, text=True, env=env, timeout=timeout,
                           cwd=cwd)
     if check and done.returncode != 0:
@@ -66,13 +66,34 @@ def cs_train(subcommand: str, args: list[str], check: bool = True, timeout: int 
     return done
 
 
+def in_process(subcommand: str, args: list[str]) -> None:
+    """cs-train in this process, on one thread as the subprocesses run: for the single-process reference runs, where
+    a new process is not what is tested (it saves a process start-up of several seconds each)."""
+    from cs_lightning.commands.train import main
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        main([subcommand, *args])
+    finally:
+        torch.set_num_threads(threads)
+
+
+class Reference(NamedTuple):
+    ckpt: Path  # last.ckpt of the straight run
+    files: dict  # its data files
+    cache: Path  # its cache: the runs compared with it must use the same trained tokenizer (training one is not
+    #              deterministic across processes: the tokenizers library breaks ties in hash order)
+
+
 @pytest.fixture(scope="session")
-def straight(tmp_path_factory) -> Path:
-    """``last.ckpt`` of two epochs trained straight through: the reference every stop-and-resume test compares with
-    (trained once per session, in its own folder)."""
+def straight(tmp_path_factory) -> Reference:
+    """Two epochs trained straight through: the reference every stop-and-resume test compares with (trained once
+    per session, in its own folder)."""
     folder = tmp_path_factory.mktemp("straight")
-    cs_train("fit", base_args(data_files(folder / "data"), "straight", "--trainer.max_epochs=2"), cwd=folder)
-    return folder / "logs" / "straight" / "checkpoints" / "last.ckpt"
+    files, cache = data_files(folder / "data"), folder / "cache"
+    cs_train("fit", base_args(files, "straight", "--trainer.max_epochs=2"), cwd=folder, cache=cache)
+    return Reference(folder / "logs" / "straight" / "checkpoints" / "last.ckpt", files, cache)
 
 
 def weights(path: Path) -> dict:
@@ -86,13 +107,13 @@ def max_difference(a: dict, b: dict) -> float:
 
 def test_validation_metrics_are_the_same_on_one_and_two_ranks(tmp_path):
     files = data_files(tmp_path / "data")
-    cs_train("fit", base_args(files, "base", "--trainer.max_epochs=8"))
+    in_process("fit", base_args(files, "base", "--trainer.max_epochs=8"))
     ckpt = "logs/base/checkpoints/last.ckpt"
-    results = {}
-    for devices in (1, 2):
-        cs_train("validate", base_args(files, f"val{devices}", f"--trainer.devices={devices}",
-                                       "--trainer.strategy=ddp", f"--ckpt_path={ckpt}", "--data.eval_batch_size=4"))
-        results[devices] = json.loads(Path(f"logs/val{devices}/version_0/validate_metrics.json").read_text())
+    in_process("validate", base_args(files, "val1", f"--ckpt_path={ckpt}", "--data.eval_batch_size=4"))
+    cs_train("validate", base_args(files, "val2", "--trainer.devices=2", "--trainer.strategy=ddp", f"--ckpt_path={ckpt}",
+                                   "--data.eval_batch_size=4"))
+    results = {devices: json.loads(Path(f"logs/val{devices}/version_0/validate_metrics.json").read_text())
+               for devices in (1, 2)}
     one, two = results[1], results[2]
     for key in ("val/loss", "val/acc", "val/f1_macro"):
         assert abs(one[key] - two[key]) < 1e-6, (key, one[key], two[key])
@@ -101,13 +122,13 @@ def test_validation_metrics_are_the_same_on_one_and_two_ranks(tmp_path):
 
 def test_two_ranks_at_half_batch_train_like_one_rank(tmp_path):
     files = data_files(tmp_path / "data")
-    common = ["--trainer.max_epochs=2", "--trainer.strategy=ddp"]
-    cs_train("fit", base_args(files, "one", *common, "--data.batch_size=8", "--trainer.devices=1"))
-    cs_train("fit", base_args(files, "two", *common, "--data.batch_size=4", "--trainer.devices=2"))
+    in_process("fit", base_args(files, "one", "--trainer.max_epochs=2", "--data.batch_size=8"))
+    cs_train("fit", base_args(files, "two", "--trainer.max_epochs=2", "--data.batch_size=4", "--trainer.devices=2",
+                              "--trainer.strategy=ddp"))
     one, two = weights(Path("logs/one/checkpoints/last.ckpt")), weights(Path("logs/two/checkpoints/last.ckpt"))
     assert max_difference(one, two) < 1e-4
     # the comparison can tell batches apart: one rank at B/2 ends elsewhere
-    cs_train("fit", base_args(files, "half", *common, "--data.batch_size=4", "--trainer.devices=1"))
+    in_process("fit", base_args(files, "half", "--trainer.max_epochs=2", "--data.batch_size=4"))
     assert max_difference(one, weights(Path("logs/half/checkpoints/last.ckpt"))) > 1e-3
 
 
@@ -116,13 +137,13 @@ def test_resume_in_a_new_process_continues_exactly(tmp_path, straight):
 
     The signal comes with the first epoch's last batch: the epoch finishes (validation, epoch-end checkpoint) and
     the run stops at the next batch boundary, since Lightning cannot resume from the last batch of an epoch."""
-    files = data_files(tmp_path / "data")  # 48 examples, batch 8: 6 steps an epoch
+    files = straight.files  # 48 examples, batch 8: 6 steps an epoch
     cs_train("fit", base_args(files, "resumed", "--trainer.max_epochs=2", "--trainer.callbacks+=run_helpers.SignalAt",
-                              "--trainer.callbacks.step=6"))
+                              "--trainer.callbacks.step=6"), cache=straight.cache)
     stopped = torch.load("logs/resumed/checkpoints/last.ckpt", weights_only=True)
     assert stopped["global_step"] == 7 and stopped["epoch"] == 1
-    cs_train("fit", base_args(files, "resumed", "--trainer.max_epochs=2", "--ckpt_path=last"))
-    straight = torch.load(straight, map_location="cpu", weights_only=True)
+    cs_train("fit", base_args(files, "resumed", "--trainer.max_epochs=2", "--ckpt_path=last"), cache=straight.cache)
+    straight = torch.load(straight.ckpt, map_location="cpu", weights_only=True)
     resumed = torch.load("logs/resumed/checkpoints/last.ckpt", map_location="cpu", weights_only=True)
     assert straight["global_step"] == resumed["global_step"] == 12
     assert max_difference(straight["state_dict"], resumed["state_dict"]) < 1e-6
@@ -133,31 +154,34 @@ def test_resume_in_a_new_process_continues_exactly(tmp_path, straight):
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])
 def test_signal_mid_epoch_saves_and_the_resumed_run_sees_every_sample_once(tmp_path, signum, straight):
-    files = data_files(tmp_path / "data")  # 48 examples, batch 8: 6 steps an epoch
+    files = straight.files  # 48 examples, batch 8: 6 steps an epoch
     record = tmp_path / "batches.jsonl"
     recorder = ["--trainer.callbacks+=run_helpers.RecordBatches", f"--trainer.callbacks.path={record}"]
     stopped = cs_train("fit", base_args(files, "pre", "--trainer.max_epochs=2", *recorder,
                                         "--trainer.callbacks+=run_helpers.SignalAt", "--trainer.callbacks.step=8",
-                                        f"--trainer.callbacks.signum={int(signum)}"))
+                                        f"--trainer.callbacks.signum={int(signum)}"), cache=straight.cache)
     ckpt = torch.load("logs/pre/checkpoints/last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 8, stopped.stderr[-2000:]
-    cs_train("fit", base_args(files, "pre", "--trainer.max_epochs=2", *recorder, "--ckpt_path=last"))
+    cs_train("fit", base_args(files, "pre", "--trainer.max_epochs=2", *recorder, "--ckpt_path=last"),
+             cache=straight.cache)
     rows = [json.loads(line) for line in record.read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(12))  # no step repeated, none skipped
     second_epoch = [i for r in rows if r["epoch"] == 1 for i in r["ids"]]
     assert sorted(second_epoch) == sorted(set(second_epoch)) and len(second_epoch) == 48
     # and the weights are those of an uninterrupted run
-    assert max_difference(weights(Path("logs/pre/checkpoints/last.ckpt")), weights(straight)) < 1e-6
+    assert max_difference(weights(Path("logs/pre/checkpoints/last.ckpt")), weights(straight.ckpt)) < 1e-6
 
 
-def test_nan_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(tmp_path):
+def test_nan_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
     files = data_files(tmp_path / "data")
-    done = cs_train("fit", base_args(files, "nan", "--trainer.max_epochs=3", "--checkpoint.every_n_train_steps=2",
-                                     "--trainer.log_every_n_steps=3", "--trainer.callbacks+=run_helpers.NaNAt",
-                                     "--trainer.callbacks.step=5"), check=False)
-    assert done.returncode == 2, done.stderr[-3000:]
-    error = [line for line in done.stderr.splitlines() if line.startswith("cs-train: error:")]
-    assert len(error) == 1 and "NaN or infinite at step 5" in error[0] and "Traceback" not in done.stderr
+    with pytest.raises(SystemExit) as exit_:
+        in_process("fit", base_args(files, "nan", "--trainer.max_epochs=3", "--checkpoint.every_n_train_steps=2",
+                                    "--trainer.log_every_n_steps=3", "--trainer.callbacks+=run_helpers.NaNAt",
+                                    "--trainer.callbacks.step=5"))
+    stderr = capsys.readouterr().err
+    assert exit_.value.code == 2, stderr[-3000:]
+    error = [line for line in stderr.splitlines() if line.startswith("cs-train: error:")]
+    assert len(error) == 1 and "NaN or infinite at step 5" in error[0] and "Traceback" not in stderr
     last = torch.load("logs/nan/checkpoints/last.ckpt", map_location="cpu", weights_only=True)
     assert last["global_step"] == 4
     assert all(bool(torch.isfinite(t).all()) for t in last["state_dict"].values() if t.is_floating_point())
@@ -168,8 +192,9 @@ import os, sys, torch
 from cs_lightning.checkpoints import AtomicCheckpointIO
 real_save = torch.save
 def crash(obj, f, *a, **k):
-    f.write(b"PK-partial")  # a few bytes of a zip archive, then the process dies mid-write
-    f.flush()
+    out = open(f, "wb") if isinstance(f, (str, os.PathLike)) else f
+    out.write(b"PK-partial")  # a few bytes of a zip archive, then the process dies mid-write
+    out.flush()
     os._exit(9)
 torch.save = crash
 AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.ones(3)}}, sys.argv[1])
@@ -198,10 +223,11 @@ def test_non_finite_weights_are_never_written(tmp_path):
 
 
 def test_predict_on_two_ranks_writes_every_input_once_in_file_order(tmp_path, straight):
-    files = data_files(tmp_path / "data")
+    files = straight.files
     done = cs_train("predict", base_args(files, "pred", "--trainer.devices=2", "--trainer.strategy=ddp",
-                                         f"--ckpt_path={straight}",
-                                         f"--data.predict_file={files['val']}", "--predict_output=preds.jsonl"))
+                                         f"--ckpt_path={straight.ckpt}",
+                                         f"--data.predict_file={files['val']}", "--predict_output=preds.jsonl"),
+                    cache=straight.cache)
     rows = [json.loads(line) for line in Path("preds.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rows] == [f"val.csv:{i}" for i in range(2, 27)], done.stdout[-1000:]
 

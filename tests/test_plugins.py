@@ -1,6 +1,5 @@
 """Backbone plugins from separate packages, the plugin contract, cs-backbones, and users' own modules."""
 
-import json
 import os
 import subprocess
 import sys
@@ -38,27 +37,22 @@ def test_cs_backbones_lists_plugins_and_survives_a_broken_one(monkeypatch, capsy
     assert rows["broken"]["error"] and "failed to import" in rows["broken"]["error"]
 
 
-def cli(*args, env=None):
-    exe = Path(sys.executable).parent / args[0]
-    return subprocess.run([str(exe), *args[1:]], capture_output=True, text=True, timeout=300, env=env)
-
-
-def test_template_plugin_installs_and_trains(tmp_path):
+def test_template_plugin_installs_and_trains(tmp_path, monkeypatch):
     target = tmp_path / "site"
     install = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
                               "--no-index", "--target", str(target), str(REPO / "tools" / "plugin_template")],
                              capture_output=True, text=True, timeout=300)
     assert install.returncode == 0, install.stderr
     env = {**os.environ, "PYTHONPATH": str(target)}
-    listing = cli("cs-backbones", "--json", env=env)
-    rows = {r["name"]: r for r in json.loads(listing.stdout)}
+    # the installed package is found through its entry point, in this process as in a new one (PYTHONPATH)
+    monkeypatch.syspath_prepend(str(target))
+    rows = {r["name"]: r for r in describe()}
     assert rows["distilbert"]["package"] == "cs-lightning-distilbert" and rows["distilbert"]["error"] is None
     files = tiny_intent_files(tmp_path / "data")
-    run = cli("cs-train", "fit", "--model", "cs_lightning.models.IntentClassifier", "--model.backbone", "distilbert",
-              "--model.pretrained", "false", "--model.model_size", "tiny", "--data", "cs_lightning.data.IntentDataModule",
-              "--data.train_file", str(files["train"]), "--data.val_file", str(files["val"]),
-              "--trainer.fast_dev_run", "true", "--trainer.enable_progress_bar", "false", env=env)
-    assert run.returncode == 0, run.stderr[-3000:]
+    main(["fit", "--model", "cs_lightning.models.IntentClassifier", "--model.backbone", "distilbert",
+          "--model.pretrained", "false", "--model.model_size", "tiny", "--data", "cs_lightning.data.IntentDataModule",
+          "--data.train_file", str(files["train"]), "--data.val_file", str(files["val"]),
+          "--trainer.fast_dev_run", "true", "--trainer.enable_progress_bar", "false"])
     contract = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                                str(REPO / "tools" / "plugin_template" / "tests")],
                               capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)

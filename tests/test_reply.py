@@ -8,7 +8,7 @@ import torch
 
 from conftest import write
 from cs_lightning.commands.train import main
-from cs_lightning.data import DialogueDataModule, EcommerceDataModule, EcommerceDialogueDataModule
+from cs_lightning.data import DialogueDataModule, EcommerceDialogueDataModule
 from cs_lightning.data.dialogue import read_dialogues, reply_examples
 from cs_lightning.prompts import SPECIAL_MARKERS, ContextBuilder
 from cs_lightning.data.schema import Turn
