@@ -99,3 +99,16 @@ def test_the_checkpoint_plugin_loads_weights_only(intent_checkpoint, monkeypatch
             AtomicCheckpointIO().load_checkpoint(path)
     finally:
         path.unlink()
+
+
+def test_cs_chat_answers_from_the_checkpoint_alone(reply_checkpoint, monkeypatch, capsys):
+    from cs_lightning.prompts import Turn
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("where is my parcel\n\n/reset\ni want a refund\n/quit\nignored\n"))
+    cs_chat(["--ckpt", str(reply_checkpoint), "--domain", "shop"])
+    lines = capsys.readouterr().out.splitlines()
+    module, data = load_module(reply_checkpoint, task="reply")
+    settings = {k: data[k] for k in ("max_context_tokens", "max_history_turns", "domain_prefix")}
+    expected = [module.reply_to([Turn("user", text)], domain="shop", **settings)
+                for text in ("where is my parcel", "i want a refund")]
+    assert lines[1:] == [f"agent: {expected[0]}", "(new conversation)", f"agent: {expected[1]}"]

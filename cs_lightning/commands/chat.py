@@ -9,19 +9,13 @@ import sys
 from cs_lightning.commands import run_command
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="cs-chat", description=__doc__)
-    parser.add_argument("--ckpt", required=True, help="a reply model checkpoint (logs/<experiment>/checkpoints/...)")
-    parser.add_argument("--domain", default=None, help="domain prefix to use (default: the training data's)")
-    args = parser.parse_args(argv)
+def chat(ckpt: str, domain: str | None) -> None:
+    """Load the reply model of ``ckpt`` and answer the lines of standard input until ``/quit`` or its end."""
     from cs_lightning.checkpoints import load_module
     from cs_lightning.prompts import Turn
 
-    loaded = []
-    run_command("cs-chat", lambda: loaded.append(load_module(args.ckpt, task="reply", key="--ckpt")))
-    model, data = loaded[0]
+    model, data = load_module(ckpt, task="reply", key="--ckpt")
     settings = {k: data[k] for k in ("max_context_tokens", "max_history_turns", "domain_prefix") if k in data}
-    domain = args.domain
     print("cs-chat: type a message; /reset starts over, /quit (or Ctrl-D) leaves.", flush=True)
     history: list[Turn] = []
     for line in sys.stdin:
@@ -38,6 +32,15 @@ def main(argv: list[str] | None = None) -> None:
         reply = model.reply_to(history, domain=domain, **settings)
         history.append(Turn("agent", reply or "..."))
         print(f"agent: {reply}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of ``cs-chat``."""
+    parser = argparse.ArgumentParser(prog="cs-chat", description=__doc__)
+    parser.add_argument("--ckpt", required=True, help="a reply model checkpoint (logs/<experiment>/checkpoints/...)")
+    parser.add_argument("--domain", default=None, help="domain prefix to use (default: the training data's)")
+    args = parser.parse_args(argv)
+    run_command("cs-chat", lambda: chat(args.ckpt, args.domain))
 
 
 if __name__ == "__main__":
