@@ -6,7 +6,9 @@
   (``best-*.ckpt`` by ``val/f1_macro`` for intents or ``val/loss`` for replies, and ``last.ckpt``), the tokenizer,
   model config and business rules beside them; ``--ckpt_path best|last`` finds them in a new process;
 - the data module's task follows the model class (``IntentClassifier``: intent, ``ReplyGenerator``: reply);
-- errors in the user's input print as one line, never a traceback.
+- errors in the user's input print as one line, never a traceback; an unknown key names the closest valid one;
+- what every run would print without telling the user anything is filtered, each filter by logger or warning and
+  message (:func:`quiet_expected_noise`); ``fit`` ends with where the checkpoints are and what to run next.
 """
 
 from __future__ import annotations
@@ -18,14 +20,17 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar, RichProgressBar
+from jsonargparse import ArgumentError
+from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.environments import ClusterEnvironment, SLURMEnvironment
 
-from cs_lightning.callbacks import (BestAndLastCheckpoint, HParamsSummary, IntentReport, MetricsFile, NonFiniteGuard,
-                                    PredictionWriter, Preemption, SaveArtifacts)
+from cs_lightning.callbacks import (BestAndLastCheckpoint, FitSummary, HParamsSummary, IntentReport, MetricsFile,
+                                    NonFiniteGuard, PredictionWriter, Preemption, SaveArtifacts)
 from cs_lightning.checkpoints import check_task, read_checkpoint
 from cs_lightning.commands import run_command
+from cs_lightning.commands.arguments import argument_error
+from cs_lightning.commands.console import WITHOUT_FLOPS, RunProgressBar, quiet_expected_noise
 from cs_lightning.errors import ConfigError
 
 LOG_DIR = "logs"
@@ -48,7 +53,34 @@ class CSLightningCLI(LightningCLI):
             "plugins": {"class_path": "cs_lightning.checkpoints.AtomicCheckpointIO"},
             "log_every_n_steps": 10,
         })
+        quiet_expected_noise()
         super().__init__(*args, **kwargs)
+
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        """As LightningCLI, but a wrong key or value is one line (:func:`argument_error`) instead of the usage text
+        and jsonargparse's tree of sub-errors. ``--help`` and ``--print_config`` are unchanged."""
+        parsers = [parser, *getattr(self, "_subcommand_parsers", {}).values()]
+        before = [p.exit_on_error for p in parsers]
+        for p in parsers:
+            p.exit_on_error = False  # jsonargparse raises ArgumentError instead of printing usage and exiting
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as err:
+            given = sys.argv[1:] if args is None else args
+            argv = [str(a) for a in given] if isinstance(given, (list, tuple)) else []  # not for a dict of values
+            subcommand = next((a for a in argv if a in getattr(self, "_subcommand_parsers", {})), None)
+            keys_of = self._subcommand_parsers[subcommand] if subcommand else parser
+
+            def valid_keys() -> list[str]:
+                try:
+                    return list(keys_of.get_defaults().keys())
+                except Exception:  # noqa: BLE001 - suggestions only; the option names will do
+                    return [a.dest for a in keys_of._actions]
+
+            raise argument_error(str(err), argv, valid_keys, subcommand) from None
+        finally:
+            for p, exit_on_error in zip(parsers, before):
+                p.exit_on_error = exit_on_error
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--experiment", type=Optional[str], default=None,
@@ -200,7 +232,7 @@ class CSLightningCLI(LightningCLI):
         if cfg.trainer.get("enable_progress_bar", True) is not False:
             # refreshed at logging steps only: each refresh reads the logged loss back from the device (a sync)
             every = max(1, int(cfg.trainer.get("log_every_n_steps") or 1))
-            add(ProgressBar, lambda: RichProgressBar(refresh_rate=every))
+            add(ProgressBar, lambda: RunProgressBar(refresh_rate=every))
         add(SaveArtifacts)
         if cfg.trainer.get("logger"):
             add(LearningRateMonitor, lambda: LearningRateMonitor(logging_interval="step"))
@@ -208,6 +240,8 @@ class CSLightningCLI(LightningCLI):
         if self.subcommand == "fit":
             add(Preemption)
             add(NonFiniteGuard)
+            configs = [getattr(c, "relative", None) or str(c) for c in self.config[self.subcommand].get("config") or []]
+            add(FitSummary, lambda: FitSummary(experiment=cfg.get("experiment"), configs=configs))
         if self.subcommand in ("validate", "test"):
             add(MetricsFile)
         if self.subcommand == "test":
@@ -222,7 +256,13 @@ class CSLightningCLI(LightningCLI):
         if self.subcommand == "predict":
             callbacks.append(PredictionWriter(cfg.predict_output))
         cfg.trainer.callbacks = callbacks
-        return super().instantiate_trainer(**kwargs)
+        trainer = super().instantiate_trainer(**kwargs)
+        for callback in trainer.callbacks:
+            # Lightning's own summary (exactly its class: a user's subclass is left alone) prints FLOPs of 0 for a
+            # model without example_input_array; the subclass prints the same without them, state untouched
+            if type(callback) in WITHOUT_FLOPS:
+                callback.__class__ = WITHOUT_FLOPS[type(callback)]
+        return trainer
 
 
 def main(args: list[str] | None = None) -> None:
