@@ -1,10 +1,18 @@
 import json
+import os
 import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Under pytest-xdist (README's test command), the workers share the cores instead of each using all of them:
+# oversubscribed threads make every worker slower than running alone.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 SHARED_DATA = REPO.parent / "shared" / "data"
 CONFIGS = REPO / "configs"
 
@@ -104,3 +112,9 @@ def reply_checkpoint(tmp_path_factory) -> Path:
         "--data", "cs_lightning.data.DialogueDataModule", f"--data.train_file={train}", "--data.val_fraction=0",
         "--data.tokenizer_vocab_size=300", "--data.batch_size=4", "--trainer.max_epochs=3"])
     return ckpts / "last.ckpt"
+
+
+def pytest_collection_modifyitems(config, items):
+    """The long multi-process tests first: with pytest-xdist the workers start on them together and the short tests
+    fill in at the end, instead of one worker finishing alone on them (longest first is the better schedule)."""
+    items.sort(key=lambda item: item.path.name != "test_distributed.py")

@@ -53,14 +53,13 @@ def base_args(files: dict, experiment: str, *extra: str) -> list[str]:
             *extra]
 
 
-def cs_train(subcommand: str, args: list[str], check: bool = True, timeout: int = 240, cwd: Path | None = None,
+def cs_train(subcommand: str, args: list[str], check: bool = True, timeout: int = 240,
              cache: Path | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1"}
     if cache is not None:
         env["CS_LIGHTNING_CACHE"] = str(cache)
-    done = subprocess.run([*CS_TRAIN, subcommand, *args], capture_output=True, text=True, env=env, timeout=timeout,
-                          cwd=cwd)
+    done = subprocess.run([*CS_TRAIN, subcommand, *args], capture_output=True, text=True, env=env, timeout=timeout)
     if check and done.returncode != 0:
         raise AssertionError(f"cs-train {subcommand} exited {done.returncode}:\n{done.stderr[-4000:]}")
     return done
@@ -92,7 +91,10 @@ def straight(tmp_path_factory) -> Reference:
     per session, in its own folder)."""
     folder = tmp_path_factory.mktemp("straight")
     files, cache = data_files(folder / "data"), folder / "cache"
-    cs_train("fit", base_args(files, "straight", "--trainer.max_epochs=2"), cwd=folder, cache=cache)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)
+        patch.setenv("CS_LIGHTNING_CACHE", str(cache))
+        in_process("fit", base_args(files, "straight", "--trainer.max_epochs=2"))
     return Reference(folder / "logs" / "straight" / "checkpoints" / "last.ckpt", files, cache)
 
 
