@@ -17,8 +17,23 @@ from typing import Iterable, Sequence
 from cs_lightning.io import build_dir_once
 from cs_lightning.prompts import CJK
 
-KINDS = ("wordpiece", "bpe", "unigram")
 _VERSION = "2"  # bump when the recipe below changes, so caches are rebuilt
+
+# Kinds "<model>-<template>" put the special tokens and the post-processor of another family around a BPE or
+# Unigram vocabulary: what a family's heads read (RoBERTa/XLM-R/BART classifiers read <s>, BART's reads the last
+# </s>; DeBERTa-v2 and ModernBERT read [CLS]). The plain kinds keep their own: [CLS]/[SEP] (wordpiece), none (bpe,
+# GPT), "$A </s>" (unigram, T5).
+TEMPLATES = {
+    "roberta": dict(specials=["<s>", "<pad>", "</s>", "<unk>", "<mask>"], single="<s> $A </s>",
+                    pair="<s> $A </s> </s> $B </s>",
+                    tokens=dict(bos_token="<s>", eos_token="</s>", cls_token="<s>", sep_token="</s>",
+                                unk_token="<unk>", pad_token="<pad>", mask_token="<mask>")),
+    "bert": dict(specials=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"], single="[CLS] $A [SEP]",
+                 pair="[CLS] $A [SEP] $B [SEP]",
+                 tokens=dict(bos_token="[CLS]", eos_token="[SEP]", cls_token="[CLS]", sep_token="[SEP]",
+                             unk_token="[UNK]", pad_token="[PAD]", mask_token="[MASK]")),
+}
+KINDS = ("wordpiece", "bpe", "unigram") + tuple(f"{m}-{t}" for m in ("bpe", "unigram") for t in TEMPLATES)
 
 
 def cache_root() -> Path:
@@ -38,6 +53,10 @@ def content_key(*parts) -> str:
 def _build(kind: str, texts: Sequence[str], vocab_size: int, lowercase: bool):
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
+    if kind not in KINDS:
+        raise ValueError(f"unknown tokenizer kind {kind!r}; choose one of {KINDS}")
+    model, _, template = kind.partition("-")
+    spec = TEMPLATES.get(template)
     cjk = pre_tokenizers.Split(Regex(f"[{CJK}]"), behavior="isolated")  # one token per Chinese character at least
     if kind == "wordpiece":
         specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -52,8 +71,8 @@ def _build(kind: str, texts: Sequence[str], vocab_size: int, lowercase: bool):
         tok.decoder = decoders.WordPiece()
         kwargs = dict(unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
                       model_input_names=["input_ids", "token_type_ids", "attention_mask"])
-    elif kind == "bpe":
-        specials = ["<|endoftext|>", "<pad>"]
+    elif model == "bpe":
+        specials = spec["specials"] if spec else ["<|endoftext|>", "<pad>"]
         tok = Tokenizer(models.BPE())
         tok.normalizer = normalizers.Sequence([normalizers.NFKC()] + ([normalizers.Lowercase()] if lowercase else []))
         tok.pre_tokenizer = pre_tokenizers.Sequence([cjk, pre_tokenizers.ByteLevel(add_prefix_space=False)])
@@ -62,20 +81,25 @@ def _build(kind: str, texts: Sequence[str], vocab_size: int, lowercase: bool):
         tok.train_from_iterator(texts, trainer, length=len(texts))
         tok.decoder = decoders.ByteLevel()
         kwargs = dict(bos_token="<|endoftext|>", eos_token="<|endoftext|>", unk_token="<|endoftext|>", pad_token="<pad>")
-    elif kind == "unigram":
-        specials = ["<pad>", "</s>", "<unk>"]
+    else:  # unigram
+        specials = spec["specials"] if spec else ["<pad>", "</s>", "<unk>"]
+        unk = spec["tokens"]["unk_token"] if spec else "<unk>"
         tok = Tokenizer(models.Unigram())
         tok.normalizer = normalizers.Sequence([normalizers.NFKC()] + ([normalizers.Lowercase()] if lowercase else []))
         tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Metaspace(prepend_scheme="first"), cjk])
-        trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=specials, unk_token="<unk>")
+        trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=specials, unk_token=unk)
         tok.train_from_iterator(texts, trainer, length=len(texts))
-        eos = tok.token_to_id("</s>")
-        tok.post_processor = processors.TemplateProcessing(
-            single="$A </s>", pair="$A </s> $B:1 </s>:1", special_tokens=[("</s>", eos)])
+        if not spec:
+            eos = tok.token_to_id("</s>")
+            tok.post_processor = processors.TemplateProcessing(
+                single="$A </s>", pair="$A </s> $B:1 </s>:1", special_tokens=[("</s>", eos)])
         tok.decoder = decoders.Metaspace()
         kwargs = dict(eos_token="</s>", unk_token="<unk>", pad_token="<pad>")
-    else:
-        raise ValueError(f"unknown tokenizer kind {kind!r}; choose one of {KINDS}")
+    if spec:
+        used = [t for t in spec["specials"] if t in spec["single"] or t in spec["pair"]]
+        tok.post_processor = processors.TemplateProcessing(single=spec["single"], pair=spec["pair"],
+                                                           special_tokens=[(t, tok.token_to_id(t)) for t in used])
+        kwargs = dict(spec["tokens"])
     return tok, kwargs
 
 
@@ -85,7 +109,9 @@ def train_tokenizer(texts: Iterable[str], kind: str, vocab_size: int = 8000, low
 
     Args:
         texts: the training texts (each once is enough; order matters for the cache key only).
-        kind: ``wordpiece`` (BERT), ``bpe`` (byte-level, GPT) or ``unigram`` (T5).
+        kind: ``wordpiece`` (BERT), ``bpe`` (byte-level, GPT) or ``unigram`` (T5); ``bpe-roberta``,
+            ``unigram-roberta``, ``bpe-bert`` and ``unigram-bert`` put RoBERTa's ``<s> $A </s>`` or BERT's
+            ``[CLS] $A [SEP]`` around a BPE or Unigram vocabulary (see :data:`TEMPLATES`).
         vocab_size: the largest vocabulary to learn; small corpora give fewer tokens.
         lowercase: fold case before tokenizing.
         cache_dir: where cached tokenizers live (default: :func:`cache_root` / tokenizers).

@@ -13,6 +13,10 @@ A plugin is a :class:`Backbone` subclass registered under the entry-point group 
   knowing attribute names;
 - optionally ``prepare_tokenizer`` / ``prepare_config`` to fix the family's quirks (GPT-2 has no pad token).
 
+A plugin with ``generic = True`` (the built-in ``generic``, :mod:`cs_lightning.backbones.generic`) serves many model
+types, one per instance: it takes the ``model_type`` as a constructor argument, and ``backbone: auto`` falls back to
+it when no plugin made for the weights' model type is installed (:func:`cs_lightning.registry.resolve_backbone`).
+
 Tasks: ``intent`` builds a sequence classifier (``AutoModelForSequenceClassification``), which exports to a plain
 ``text-classification`` pipeline; ``reply`` builds a generator, a causal LM (``reply_kind = "causal"``, GPT) or a
 sequence-to-sequence model (``reply_kind = "seq2seq"``, T5). Families list the tasks they support in
@@ -51,6 +55,7 @@ class Backbone:
     tokenizer_kind: ClassVar[str] = "wordpiece"
     config_class: ClassVar[type | None] = None
     sizes: ClassVar[dict[str, dict[str, Any]]] = {}
+    generic: ClassVar[bool] = False  # serves any model type it covers, given as the constructor's ``model_type``
 
     # Per-use settings are arguments, never attributes: a plugin instance is shared state no method may change.
     # ``trust_remote_code`` runs Python code shipped with hub weights; off unless a config turns it on.
@@ -76,6 +81,14 @@ class Backbone:
         """Config keyword arguments of a tiny random model, for offline tests."""
         return dict(self.sizes["tiny"])
 
+    def describe(self) -> str:
+        """How error messages name this backbone."""
+        return f"backbone '{self.name}'"
+
+    def new_config(self, size: str, tokenizer, **task_kwargs):
+        """The Hugging Face config of a model built from scratch in ``size`` (``sizes[size]``)."""
+        return self.config_class(**{**self.sizes[size], **task_kwargs})
+
     def check_source(self, source: ModelSource, key: str = "model.model_name_or_path") -> None:
         """Refuse weights of another family before loading them."""
         model_type = read_model_type(source)
@@ -94,9 +107,9 @@ class Backbone:
             config = AutoConfig.from_pretrained(source.path, trust_remote_code=trust_remote_code, **task_kwargs)
         else:
             if size not in self.sizes:
-                raise ConfigError("model.model_size", f"unknown size {size!r} for backbone '{self.name}'",
+                raise ConfigError("model.model_size", f"unknown size {size!r} for {self.describe()}",
                                   f"choose one of {', '.join(self.sizes)}")
-            config = self.config_class(**{**self.sizes[size], **task_kwargs})
+            config = self.new_config(size, tokenizer, **task_kwargs)
             config.vocab_size = len(tokenizer)
             for attr in ("pad_token_id", "eos_token_id", "bos_token_id"):  # the family defaults fit another vocab
                 setattr(config, attr, getattr(tokenizer, attr, None))
@@ -134,7 +147,7 @@ class Backbone:
         import transformers
 
         if task not in self.supported_tasks:
-            raise ConfigError("model.backbone", f"backbone '{self.name}' does not support task '{task}'",
+            raise ConfigError("model.backbone", f"{self.describe()} does not support task '{task}'",
                               f"it supports: {', '.join(self.supported_tasks)}")
         if source is not None:
             self.check_source(source)

@@ -6,6 +6,8 @@ blocks from input to output; the task head is never in a group, so it always tra
 - :class:`GradualUnfreezing`: start with every block frozen and, every K epochs, unfreeze the next block from the
   top with a discriminative learning rate (each lower block's rate multiplied by ``lr_decay``), added to the
   optimizer as new parameter groups (with and without weight decay) that follow the run's warm-up/decay schedule.
+  A model without a head of its own (a language model whose output layer is tied to its input embeddings: GPT-2,
+  T5, BART writing replies) trains its top block from the start instead.
 
 Frozen blocks are put in eval mode (no dropout) and need no backward work: nothing below the lowest trainable block
 requires a gradient, so autograd stops there. Trainable and total parameter counts are logged at every change
@@ -128,14 +130,22 @@ class GradualUnfreezing(_Freezing):
         super().load_state_dict(state_dict)
         self.unfrozen = state_dict.get("unfrozen", 0)
 
+    @staticmethod
+    def _from_start(pl_module, groups: list[LayerGroup]) -> list[LayerGroup]:
+        """The groups trained from the start: none, or the top block when the groups hold every parameter (no head
+        of its own, as a language model whose output layer is tied to the input embeddings)."""
+        grouped = {id(p) for g in groups for m in g.modules for p in m.parameters()}
+        return [] if any(id(p) not in grouped for p in pl_module.parameters()) else groups[-1:]
+
     def _order(self, pl_module) -> list[LayerGroup]:
         """Groups in unfreezing order: the top block first, the embeddings last (if at all)."""
         groups = backbone_groups(pl_module)
-        order = groups[1:][::-1]
+        order = [g for g in groups[1:][::-1] if g not in self._from_start(pl_module, groups)]
         return order + [groups[0]] if self.unfreeze_embeddings else order
 
     def freeze_before_training(self, pl_module) -> None:
-        self._set_frozen(pl_module, backbone_groups(pl_module))
+        groups = backbone_groups(pl_module)
+        self._set_frozen(pl_module, [g for g in groups if g not in self._from_start(pl_module, groups)])
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
@@ -152,7 +162,8 @@ class GradualUnfreezing(_Freezing):
             for module in group.modules:
                 self.make_trainable(module)
                 module.train()
-        self.frozen = [g for g in backbone_groups(pl_module) if g not in order[: self.unfrozen]]
+        groups = backbone_groups(pl_module)
+        self.frozen = [g for g in groups if g not in order[: self.unfrozen] + self._from_start(pl_module, groups)]
         for scheduler in self._schedulers(trainer):
             self._extend_scheduler(scheduler, trainer.optimizers[0])
         self.log_counts(trainer, pl_module, "start" if not self.unfrozen else f"resumed, {self.unfrozen} unfrozen")

@@ -1,5 +1,7 @@
-"""``cs-backbones``: the installed backbone plugins, with the package that provides each and the tasks it supports.
-A plugin that fails to load is listed with its error instead of breaking the listing."""
+"""``cs-backbones``: the installed backbone plugins, with the package that provides each and the tasks it supports
+(for a generic plugin such as ``generic``, the tasks of each model type it covers). A plugin that fails to load is
+listed with its error instead of breaking the listing. ``model.backbone: auto`` takes the plugin whose model types
+hold the weights' (or ``model.model_type``), else the generic family."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cs_lightning.errors import CSLightningError
-from cs_lightning.registry import get_backbone, installed_backbones
+from cs_lightning.registry import AUTO, get_backbone, installed_backbones
 
 
 def describe() -> list[dict]:
@@ -20,6 +22,9 @@ def describe() -> list[dict]:
         try:
             backbone = get_backbone(info.name)
             row.update(tasks=list(backbone.supported_tasks), model_types=list(backbone.model_types), error=None)
+            if backbone.generic:  # one instance per model type, each with its own tasks
+                row["covers"] = {t: list(get_backbone(info.name, model_type=t).supported_tasks)
+                                 for t in backbone.model_types}
         except CSLightningError as err:
             row.update(tasks=[], model_types=[], error=str(err))
         rows.append(row)
@@ -39,9 +44,14 @@ def main(argv: list[str] | None = None) -> None:
         table.add_column(column)
     for row in rows:
         status = "[green]ok[/green]" if row["error"] is None else f"[red]{row['error']}[/red]"
-        table.add_row(row["name"], row["package"], row["version"], ", ".join(row["tasks"]),
-                      ", ".join(row["model_types"]), status)
+        tasks = ", ".join(row["tasks"])
+        if row.get("covers"):  # reply is for some model types only: name them
+            replies = [t for t, covered in row["covers"].items() if "reply" in covered]
+            tasks = f"intent (all), reply ({', '.join(replies)})" if replies else tasks
+        table.add_row(row["name"], row["package"], row["version"], tasks, ", ".join(row["model_types"]), status)
     Console().print(table)
+    Console().print(f"model.backbone: {AUTO} takes the plugin listing the weights' model type (or model.model_type), "
+                    "else the generic family.")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """``cs-train``: LightningCLI with cs-lightning's defaults.
 
 - model and data in subclass mode (``class_path`` + ``init_args``), so a user's own classes plug in;
-- the backbone and tokenizer source go from model to data, the label set and tokenizer folder from data to model;
+- the backbone, model type and tokenizer source go from model to data, the label set and tokenizer folder from data
+  to model;
 - TensorBoard logs under ``logs/<experiment>/version_N/``, checkpoints in ``logs/<experiment>/checkpoints/``
   (``best-*.ckpt`` by ``val/f1_macro`` for intents or ``val/loss`` for replies, and ``last.ckpt``), the tokenizer,
   model config and business rules beside them; ``--ckpt_path best|last`` finds them in a new process;
@@ -93,6 +94,7 @@ class CSLightningCLI(LightningCLI):
         parser.set_defaults({"checkpoint.auto_insert_metric_name": False, "checkpoint.save_top_k": 1,
                              "checkpoint.save_last": True})
         parser.link_arguments("model.init_args.backbone", "data.init_args.backbone")
+        parser.link_arguments("model.init_args.model_type", "data.init_args.model_type")
         parser.link_arguments("model.init_args.model_name_or_path", "data.init_args.tokenizer")
         parser.link_arguments("model.init_args.trust_remote_code", "data.init_args.trust_remote_code")
         parser.link_arguments("data.init_args.language", "model.init_args.language")

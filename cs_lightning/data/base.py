@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from cs_lightning.data.batching import LengthGroupedBatchSampler, TokenizedDataset
 from cs_lightning.errors import ConfigError
 from cs_lightning.pretrained import resolve_model
-from cs_lightning.registry import get_backbone
+from cs_lightning.registry import resolve_backbone
 from cs_lightning.tokenization import train_tokenizer
 
 LANGUAGES = ("en", "zh")
@@ -67,7 +67,10 @@ class CSDataModule(pl.LightningDataModule):
         pad_to_buckets: pad every batch to the smallest of these lengths that holds it, e.g. ``[16, 32, 64, 128]``:
             a few fixed shapes, for ``model.compile: true`` (otherwise torch.compile recompiles per batch length).
         num_workers: data-loading worker processes.
-        backbone: backbone plugin name; linked from ``model.backbone`` by the CLI.
+        backbone: backbone plugin name, or ``auto`` (chosen by the model type); linked from ``model.backbone`` by
+            the CLI.
+        model_type: Hugging Face model type of a model built from scratch (``qwen2``...); linked from
+            ``model.model_type``.
         tokenizer: tokenizer source (hub id or folder); linked from ``model.model_name_or_path``. When None, a
             tokenizer is trained on the training texts and cached.
         tokenizer_vocab_size: vocabulary size of a trained tokenizer.
@@ -85,8 +88,8 @@ class CSDataModule(pl.LightningDataModule):
                  language: str = "en", max_history_turns: int = 4, val_fraction: float = 0.1,
                  test_fraction: float = 0.0, seed: int = 42, group_by_length: bool = True,
                  pad_to_multiple_of: int | None = None, pad_to_buckets: list[int] | None = None, num_workers: int = 0,
-                 backbone: str = "bert", tokenizer: str | None = None, tokenizer_vocab_size: int = 8000,
-                 lowercase: bool | None = None, trust_remote_code: bool = False):
+                 backbone: str = "bert", model_type: str | None = None, tokenizer: str | None = None,
+                 tokenizer_vocab_size: int = 8000, lowercase: bool | None = None, trust_remote_code: bool = False):
         super().__init__()
         if not self.task:
             raise ConfigError("data.class_path", f"{type(self).__name__} serves no task",
@@ -110,9 +113,9 @@ class CSDataModule(pl.LightningDataModule):
         self.records: dict[str, list] = {}
         self.datasets: dict[str, TokenizedDataset] = {}
         self._resume: dict | None = None  # a saved training-sampler position (mid-epoch resume)
-        self.backbone = get_backbone(backbone)
+        self.backbone = resolve_backbone(backbone, tokenizer, model_type)  # the model resolves it the same way
         if self.task not in self.backbone.supported_tasks:
-            raise ConfigError("model.backbone", f"backbone '{backbone}' does not support task '{self.task}'",
+            raise ConfigError("model.backbone", f"{self.backbone.describe()} does not support task '{self.task}'",
                               f"it supports: {', '.join(self.backbone.supported_tasks)}")
         self.read_files()
         if not self.records:

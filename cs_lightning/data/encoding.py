@@ -71,6 +71,8 @@ def cached_encode(tokenizer, records: Sequence[IntentRecord], max_length: int, m
     """:func:`encode_records`, cached under a hash of the tokenizer, the settings and the texts."""
     parts = [tokenizer_fingerprint(tokenizer), max_length, max_history_turns,
              [(r.text, [(t.role, t.text) for t in r.history]) for r in records]]
+    if "token_type_ids" not in tokenizer.model_input_names:  # one trained tokenizer serves BERT and DistilBERT alike
+        parts.append("no token types")
     return _cached(parts, lambda: encode_records(tokenizer, records, max_length, max_history_turns), cache_dir)
 
 

@@ -11,7 +11,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from cs_lightning.errors import ConfigError
 from cs_lightning.pretrained import not_found, resolve_model
-from cs_lightning.registry import get_backbone
+from cs_lightning.registry import resolve_backbone
 
 
 def missing_compiler(device: torch.device) -> str | None:
@@ -67,21 +67,24 @@ class BackboneModule(pl.LightningModule):
 
     def build_backbone(self, backbone: str, model_name_or_path: str | None, pretrained: bool, tokenizer_path: str | None,
                        model_size: str, config_overrides: dict | None, trust_remote_code: bool = False,
-                       **task_kwargs) -> None:
-        self.backbone = get_backbone(backbone)
+                       model_type: str | None = None, **task_kwargs) -> None:
+        source = resolve_model(model_name_or_path) if model_name_or_path else None
+        self.backbone = resolve_backbone(backbone, source, model_type)  # as the data module does
         if trust_remote_code:
             rank_zero_warn("model.trust_remote_code is on: Python code shipped with the weights will run; use it "
                            "only for weights whose source you trust")
-        source = resolve_model(model_name_or_path) if model_name_or_path else None
         if tokenizer_path is None and source is None:
             raise ConfigError("model.tokenizer_path", "no tokenizer",
                               "set model.model_name_or_path, or let the data module train one (cs-train links it)")
         self.tokenizer = self.backbone.load_tokenizer(tokenizer_path or source.path, trust_remote_code)
+        chosen = self.backbone.describe()  # what `auto` (or a generic plugin's model type) came to
+        chosen = "" if backbone == self.backbone.name and not self.backbone.generic else f" ({chosen})"
         if pretrained:
-            rank_zero_info(f"Backbone '{backbone}': loading pretrained weights {source.describe()}")
+            rank_zero_info(f"Backbone '{backbone}'{chosen}: loading pretrained weights {source.describe()}")
         else:
-            what = f"the architecture of {source.describe()}" if source else f"the '{model_size}' {backbone} config"
-            rank_zero_info(f"Backbone '{backbone}': random initialisation from {what}")
+            config = f"the '{model_size}' {self.backbone.name} config"
+            what = f"the architecture of {source.describe()}" if source else config
+            rank_zero_info(f"Backbone '{backbone}'{chosen}: random initialisation from {what}")
         try:
             self.model = self.backbone.load_model(self.task, source, pretrained, self.tokenizer, size=model_size,
                                                   config_overrides=config_overrides,

@@ -61,9 +61,12 @@ class IntentClassifier(BackboneModule):
     """Fine-tunes a BERT, GPT or T5 (or any plugin's) backbone to recognise customer intents.
 
     Args:
-        backbone: name of the backbone plugin (``cs-backbones`` lists them): bert, gpt, t5, ...
+        backbone: name of the backbone plugin (``cs-backbones`` lists them): bert, gpt, t5, generic, ..., or
+            ``auto``: the plugin made for the weights' model type, else the generic family (any covered type).
         model_name_or_path: hub id or local folder of the weights (or, with ``pretrained: false``, of the
             architecture); None builds ``model_size`` from the plugin's configs.
+        model_type: Hugging Face model type of a model built from scratch with ``auto`` or ``generic``
+            (``roberta``, ``qwen2``...); with weights, their config.json decides.
         pretrained: start from the weights of ``model_name_or_path``; false initialises randomly.
         learning_rate: peak AdamW learning rate.
         weight_decay: AdamW weight decay (never on biases and norm weights).
@@ -87,7 +90,8 @@ class IntentClassifier(BackboneModule):
 
     task = "intent"
 
-    def __init__(self, backbone: str = "bert", model_name_or_path: str | None = None, pretrained: bool = True,
+    def __init__(self, backbone: str = "bert", model_name_or_path: str | None = None, model_type: str | None = None,
+                 pretrained: bool = True,
                  learning_rate: float = 5e-5, weight_decay: float = 0.01, warmup_ratio: float = 0.1,
                  model_size: str = "small", config_overrides: dict | None = None, label_smoothing: float = 0.0,
                  top_k: int = 3, class_weights: bool = False, oos_label: str | None = None,
@@ -102,7 +106,7 @@ class IntentClassifier(BackboneModule):
             raise ConfigError("model.learning_rate", f"must be positive, got {learning_rate}")
         self.save_hyperparameters()
         self.build_backbone(backbone, model_name_or_path, pretrained, tokenizer_path, model_size, config_overrides,
-                            trust_remote_code=trust_remote_code,
+                            trust_remote_code=trust_remote_code, model_type=model_type,
                             labels=list(labels))
         n = len(labels)
         if oos_target != "macro_f1" and not (oos_target.startswith("precision:") and

@@ -79,9 +79,12 @@ class ReplyGenerator(BackboneModule):
     """Fine-tunes a GPT (causal) or T5 (sequence-to-sequence) backbone to write the agent's next reply.
 
     Args:
-        backbone: backbone plugin with a reply task (gpt, t5, ...).
+        backbone: backbone plugin with a reply task (gpt, t5, generic, ...), or ``auto``: the plugin made for the
+            weights' model type, else the generic family (gpt2, qwen2, llama, t5, mt5, bart reply).
         model_name_or_path: hub id or local folder of the weights (or, with ``pretrained: false``, of the
             architecture); None builds ``model_size`` from the plugin's configs.
+        model_type: Hugging Face model type of a model built from scratch with ``auto`` or ``generic``
+            (``qwen2``, ``bart``...); with weights, their config.json decides.
         pretrained: start from the weights of ``model_name_or_path``; false initialises randomly.
         learning_rate: peak AdamW learning rate.
         weight_decay: AdamW weight decay (never on biases and norm weights).
@@ -104,7 +107,8 @@ class ReplyGenerator(BackboneModule):
 
     task = "reply"
 
-    def __init__(self, backbone: str = "gpt", model_name_or_path: str | None = None, pretrained: bool = True,
+    def __init__(self, backbone: str = "gpt", model_name_or_path: str | None = None, model_type: str | None = None,
+                 pretrained: bool = True,
                  learning_rate: float = 5e-4, weight_decay: float = 0.01, warmup_ratio: float = 0.05,
                  model_size: str = "small", config_overrides: dict | None = None, num_beams: int = 1,
                  max_new_tokens: int = 48, no_repeat_ngram_size: int = 3, repetition_penalty: float = 1.0,
@@ -113,7 +117,7 @@ class ReplyGenerator(BackboneModule):
         super().__init__()
         self.save_hyperparameters()
         self.build_backbone(backbone, model_name_or_path, pretrained, tokenizer_path, model_size, config_overrides,
-                            trust_remote_code=trust_remote_code)
+                            trust_remote_code=trust_remote_code, model_type=model_type)
         self.causal = self.backbone.reply_kind == "causal"
         self.rules = BusinessRules.load(rules_path) if rules_path else BusinessRules()
         self.bad_words_ids = self._bad_words_ids()
