@@ -154,22 +154,29 @@ def test_resume_in_a_new_process_continues_exactly(tmp_path, straight):
     assert straight["lr_schedulers"][0]["last_epoch"] == resumed["lr_schedulers"][0]["last_epoch"] == 12
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])
-def test_signal_mid_epoch_saves_and_the_resumed_run_sees_every_sample_once(tmp_path, signum, straight):
+@pytest.mark.parametrize("signum, step", [(signal.SIGTERM, 8), (signal.SIGUSR1, 3)],
+                         ids=["SIGTERM-second-epoch", "SIGUSR1-first-epoch"])
+def test_signal_mid_epoch_saves_and_the_resumed_run_sees_every_sample_once(tmp_path, signum, step, straight):
     files = straight.files  # 48 examples, batch 8: 6 steps an epoch
     record = tmp_path / "batches.jsonl"
     recorder = ["--trainer.callbacks+=run_helpers.RecordBatches", f"--trainer.callbacks.path={record}"]
     stopped = cs_train("fit", base_args(files, "pre", "--trainer.max_epochs=2", *recorder,
-                                        "--trainer.callbacks+=run_helpers.SignalAt", "--trainer.callbacks.step=8",
+                                        "--trainer.callbacks+=run_helpers.SignalAt", f"--trainer.callbacks.step={step}",
                                         f"--trainer.callbacks.signum={int(signum)}"), cache=straight.cache)
     ckpt = torch.load("logs/pre/checkpoints/last.ckpt", map_location="cpu", weights_only=True)
-    assert ckpt["global_step"] == 8, stopped.stderr[-2000:]
-    cs_train("fit", base_args(files, "pre", "--trainer.max_epochs=2", *recorder, "--ckpt_path=last"),
-             cache=straight.cache)
+    assert ckpt["global_step"] == step, stopped.stderr[-2000:]
+    resumed = cs_train("fit", base_args(files, "pre", "--trainer.max_epochs=2", *recorder, "--ckpt_path=last"),
+                       cache=straight.cache)
     rows = [json.loads(line) for line in record.read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(12))  # no step repeated, none skipped
-    second_epoch = [i for r in rows if r["epoch"] == 1 for i in r["ids"]]
-    assert sorted(second_epoch) == sorted(set(second_epoch)) and len(second_epoch) == 48
+    interrupted = [i for r in rows if r["epoch"] == step // 6 for i in r["ids"]]
+    assert sorted(interrupted) == sorted(set(interrupted)) and len(interrupted) == 48
+    # last.ckpt is the newest state, never a last-v1.ckpt beside a stale one (a stop before any epoch-end save
+    # used to leave the resumed run writing last-v1.ckpt), and neither run printed a misleading message
+    assert sorted(p.name for p in Path("logs/pre/checkpoints").glob("last*.ckpt")) == ["last.ckpt"]
+    assert torch.load("logs/pre/checkpoints/last.ckpt", weights_only=True)["global_step"] == 12
+    for output in (stopped.stderr, resumed.stderr):
+        assert "not resumable" not in output and "weights_only` was not set" not in output
     # and the weights are those of an uninterrupted run
     assert max_difference(weights(Path("logs/pre/checkpoints/last.ckpt")), weights(straight.ckpt)) < 1e-6
 

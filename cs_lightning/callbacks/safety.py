@@ -77,7 +77,10 @@ class Preemption(Callback):
             return
         path = last_checkpoint_path(trainer)
         if path is not None:
-            trainer.save_checkpoint(path)  # every rank takes part; rank zero writes
+            # the checkpoint callback's saved state must name this file as its last.ckpt, or the resumed run, finding
+            # a last.ckpt it did not write, would save its own as last-v1.ckpt and leave this one behind
+            trainer.checkpoint_callback.last_model_path = str(path)
+            trainer.save_checkpoint(path, weights_only=False)  # every rank takes part; rank zero writes
         name = signal.Signals(self.received).name if self.received else "a signal on another rank"
         rank_zero_info(f"Stopped by {name} at step {trainer.global_step} (epoch {trainer.current_epoch})"
                        + (f"; saved {path}. Resume with the same command plus --ckpt_path last" if path else ""))

@@ -41,6 +41,18 @@ def stratified_split(records: Sequence, fraction: float, seed: int, key=lambda r
     return keep, carved
 
 
+class TrainLoader(DataLoader):
+    """The training loader. Its position in the epoch travels in checkpoints as the data module's state
+    (:meth:`CSDataModule.state_dict`) and is restored when the loader is built, so for Lightning it is a resumable
+    loader with nothing left to restore (without this, a mid-epoch resume warns that the loader is not resumable)."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        pass
+
+
 class CSDataModule(pl.LightningDataModule):
     """Base of the task data modules (:class:`IntentDataModule`, :class:`DialogueDataModule`); not used directly.
 
@@ -216,8 +228,9 @@ class CSDataModule(pl.LightningDataModule):
                                             group_by_length=hp.group_by_length, seed=hp.seed, num_replicas=world,
                                             rank=rank, resume=resume)
         workers = hp.num_workers
-        return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, persistent_workers=workers > 0,
-                          collate_fn=self.collator(generation))
+        return (TrainLoader if shuffle else DataLoader)(dataset, batch_sampler=sampler, num_workers=workers,
+                                                        persistent_workers=workers > 0,
+                                                        collate_fn=self.collator(generation))
 
     # The position in the training epoch travels in checkpoints as the data module's state (plain values), so a run
     # resumed mid-epoch trains on the rest of that epoch's batches, in the same order, instead of starting it again.
