@@ -27,9 +27,15 @@ from cs_lightning.rules import BusinessRules
 
 
 def fuzz(n: int):
-    """Hypothesis settings for ``n`` examples (times $FUZZ_SCALE, for a longer hunt). function_scoped_fixture:
-    conftest's autouse fixture is harmless here, as each example writes to its own TemporaryDirectory."""
-    return settings(max_examples=n * int(os.environ.get("FUZZ_SCALE", "1")), deadline=None, database=None,
+    """Hypothesis settings for ``n`` examples (times $FUZZ_SCALE, for a longer hunt: the slow run uses 10).
+
+    Replayable: under CI the default budget is derandomised (the same examples every run, so a red CI replays
+    anywhere); every other run draws new examples and a failure prints the ``@reproduce_failure`` line that replays
+    it. function_scoped_fixture: conftest's autouse fixture is harmless here, as each example writes to its own
+    TemporaryDirectory."""
+    scale = int(os.environ.get("FUZZ_SCALE", "1"))
+    return settings(max_examples=n * scale, deadline=None, database=None, print_blob=True,
+                    derandomize=bool(os.environ.get("CI")) and scale == 1,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                            HealthCheck.data_too_large, HealthCheck.filter_too_much])
 
