@@ -112,3 +112,26 @@ def test_cs_chat_answers_from_the_checkpoint_alone(reply_checkpoint, monkeypatch
     expected = [module.reply_to([Turn("user", text)], domain="shop", **settings)
                 for text in ("where is my parcel", "i want a refund")]
     assert lines[1:] == [f"agent: {expected[0]}", "(new conversation)", f"agent: {expected[1]}"]
+
+
+@pytest.mark.parametrize("subcommand", ["fit", "validate", "test", "predict", "fit --ckpt_path last"])
+def test_a_code_carrying_checkpoint_is_refused_by_every_subcommand(tmp_path, capsys, intent_checkpoint, subcommand):
+    """Every file cs-train is given is read with weights_only before any strategy restores it (FSDP's full
+    checkpoints go through an unpickler of Lightning's own, which would run the code)."""
+    files = tiny_intent_files(tmp_path / "data")
+    pickled = bad_file("pickled", tmp_path, intent_checkpoint)
+    if subcommand.endswith("last"):
+        folder = tmp_path / "logs" / "resume" / "checkpoints"
+        folder.mkdir(parents=True)
+        pickled = pickled.rename(folder / "last.ckpt")
+        ckpt = ["--experiment=resume", "--ckpt_path=last"]
+    else:
+        ckpt = [f"--ckpt_path={pickled}"]
+    with pytest.raises(SystemExit) as exit_:
+        cs_train([subcommand.split()[0], "--model", "cs_lightning.models.IntentClassifier", "--model.backbone=bert",
+                  "--model.pretrained=false", "--model.model_size=tiny", "--data", "cs_lightning.data.IntentDataModule",
+                  f"--data.train_file={files['train']}", f"--data.val_file={files['val']}",
+                  f"--data.test_file={files['test']}", f"--data.predict_file={files['test']}", *ckpt])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and err[-1].startswith("cs-train: error: ckpt_path:")
+    assert str(pickled.relative_to(tmp_path)) in err[-1] and "arbitrary code" in err[-1]

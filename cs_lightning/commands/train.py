@@ -177,9 +177,13 @@ class CSLightningCLI(LightningCLI):
         if self.subcommand and cfg.get("ckpt_path") in ("best", "last") and self.subcommand != "fit":
             cfg.ckpt_path = self._find_checkpoint(Path(cfg.checkpoint.dirpath), cfg.ckpt_path)
         elif self.subcommand == "fit" and cfg.get("ckpt_path") == "last":
-            if not (Path(cfg.checkpoint.dirpath) / "last.ckpt").exists():
+            last = Path(cfg.checkpoint.dirpath) / "last.ckpt"
+            if not last.exists():
                 raise ConfigError("ckpt_path", f"no last.ckpt in {cfg.checkpoint.dirpath} to resume from",
                                   "train first, or give the path of a checkpoint")
+            # read here with weights_only, as every file named directly is (_parse_ckpt_path): some strategies
+            # (FSDP's full checkpoints) restore through an unpickler of their own that would run code
+            read_checkpoint(last, "ckpt_path", mmap=True)
 
     def _parse_ckpt_path(self) -> None:
         """As Lightning: a checkpoint file given to validate/test/predict brings the model's hyper-parameters with
