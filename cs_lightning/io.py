@@ -32,6 +32,7 @@ os.umask(_UMASK)
 _FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 # what libraries say when they report a full disk in a message instead of an errno (torch's zip writer, tokenizers)
 _FULL_TEXT = ("No space left on device", "Disk quota exceeded", "PytorchStreamWriter failed writing")
+_ROOM = 1 << 20  # less free space than this after a failed write: the disk is full
 
 
 def is_disk_full(err: BaseException) -> bool:
@@ -43,6 +44,16 @@ def is_disk_full(err: BaseException) -> bool:
             return True
         err = err.__cause__ or err.__context__
     return False
+
+
+def no_room_left(folder: str | Path) -> bool:
+    """Whether the filesystem of ``folder`` is (almost) full: asked after a write failed with an error that does not
+    say why (torch's zip writer reports a full disk as "iostream error" or "unexpected pos"), while the partial file
+    still takes its space."""
+    try:
+        return shutil.disk_usage(folder).free < _ROOM
+    except OSError:
+        return False
 
 
 def disk_full_error(path: str | Path, what: str = "file") -> CSLightningError:
@@ -83,7 +94,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
         _fsync(path.parent)
     except Exception as err:
-        if is_disk_full(err):
+        if is_disk_full(err) or no_room_left(path.parent):
             raise disk_full_error(path) from None
         raise
     finally:
@@ -147,7 +158,7 @@ def atomic_dir(target: str | Path, fill: Callable[[Path], object]) -> Path:
                 os.replace(tmp, target)
         _fsync(target.parent)
     except Exception as err:
-        if is_disk_full(err):
+        if is_disk_full(err) or no_room_left(target.parent):
             raise disk_full_error(target, "folder") from None
         raise
     finally:

@@ -128,3 +128,50 @@ def test_cs_export_on_a_full_disk_is_one_line(small_disk, intent_checkpoint, cap
     assert exit_.value.code == 2 and err.count("\n") == 0 and "Traceback" not in err
     assert err.startswith("cs-export: error:") and str(target) in err and "disk full" in err
     assert (target / "README").read_text() == "previous export"
+
+
+def test_a_checkpoint_on_a_full_disk_is_one_line_and_keeps_the_previous_one(small_disk):
+    """torch's zip writer reports a real full disk as "PytorchStreamWriter failed writing file", not ENOSPC."""
+    import torch
+
+    from cs_lightning.checkpoints import AtomicCheckpointIO
+
+    path = small_disk / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.zeros(4)}, "global_step": 3}, path)
+    with pytest.raises(CSLightningError) as err:
+        AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.zeros(256 * 1024)}, "global_step": 4}, path)
+    assert str(path) in str(err.value) and "disk full" in str(err.value) and "\n" not in str(err.value)
+    assert torch.load(path, weights_only=True)["global_step"] == 3
+    assert [p.name for p in small_disk.iterdir()] == ["last.ckpt"]
+
+
+def test_a_tokenizer_folder_on_a_full_disk_is_one_line_and_keeps_the_previous_one(small_disk):
+    from cs_lightning.tokenization import train_tokenizer
+    from transformers import AutoTokenizer
+
+    texts = [f"message number {i} about parcel {i * 7} and refund {i * 13}" for i in range(400)]
+    tokenizer = AutoTokenizer.from_pretrained(str(train_tokenizer(texts, "bpe", 2000)))
+    target = small_disk / "tokenizer"
+    atomic_dir(target, lambda d: (d / "tokenizer_config.json").write_text("{}"))
+    (small_disk / "filler").write_bytes(b"x" * (40 * 1024))  # leave less room than the tokenizer files take
+    with pytest.raises(CSLightningError) as err:
+        atomic_dir(target, lambda d: tokenizer.save_pretrained(str(d)))
+    assert str(target) in str(err.value) and "disk full" in str(err.value)
+    assert [p.name for p in target.iterdir()] == ["tokenizer_config.json"]
+
+
+def test_a_predictions_file_on_a_full_disk_is_one_line_and_keeps_the_previous_one(small_disk):
+    from cs_lightning.callbacks.artifacts import PredictionWriter
+
+    out = small_disk / "predictions.jsonl"
+    out.write_text('{"id": "old"}\n')
+
+    class Trainer:  # what write_on_epoch_end reads of the trainer, on one rank
+        is_global_zero = True
+        datamodule = None
+
+    rows = [[{"id": f"r{i}", "label": "refund", "confidence": 0.5, "text": "x" * 200}] for i in range(400)]
+    with pytest.raises(CSLightningError) as err:
+        PredictionWriter(str(out)).write_on_epoch_end(Trainer(), None, rows, None)
+    assert str(out) in str(err.value) and "disk full" in str(err.value)
+    assert out.read_text() == '{"id": "old"}\n'
