@@ -101,6 +101,23 @@ def check_task(raw: dict, task: str, path: str | Path, key: str = "ckpt_path", f
                                f"{task} is needed here", fix or f"give a {task} checkpoint")
 
 
+def check_vocabulary(raw: dict, module, path: str | Path, key: str = "ckpt_path") -> None:
+    """Refuse, in one line, a checkpoint whose input embeddings do not fit the tokenizer ``module`` was built with
+    (``load_state_dict`` would otherwise stop with a size-mismatch traceback)."""
+    model = getattr(module, "model", None)
+    tokenizer = getattr(module, "tokenizer", None)
+    if model is None or tokenizer is None or not hasattr(model, "get_input_embeddings"):
+        return
+    weight = model.get_input_embeddings().weight
+    name = next((n for n, p in module.named_parameters() if p is weight), None)
+    saved = raw.get("state_dict", {}).get(name) if name else None
+    if saved is not None and saved.shape[0] != weight.shape[0]:
+        raise ConfigError(key, f"{path} was trained with a {saved.shape[0]}-row vocabulary, but the tokenizer it is read "
+                               f"with gives {weight.shape[0]} ({getattr(tokenizer, 'name_or_path', '?')})",
+                          "keep the tokenizer/ folder saved beside the checkpoint, or give the tokenizer it was "
+                          "trained with")
+
+
 def load_module(ckpt_path: str | Path, task: str | None = None, key: str = "ckpt"):
     """The LightningModule of a cs-lightning checkpoint, in eval mode, built from the files saved beside it
     (tokenizer, config, rules), so the original data and weights are not needed.

@@ -28,7 +28,7 @@ from lightning.pytorch.plugins.environments import ClusterEnvironment, SLURMEnvi
 
 from cs_lightning.callbacks import (BestAndLastCheckpoint, FitSummary, HParamsSummary, IntentReport, MetricsFile,
                                     NonFiniteGuard, PredictionWriter, Preemption, SaveArtifacts)
-from cs_lightning.checkpoints import check_task, read_checkpoint
+from cs_lightning.checkpoints import check_task, check_vocabulary, read_checkpoint
 from cs_lightning.commands import run_command
 from cs_lightning.commands.arguments import argument_error
 from cs_lightning.commands.console import WITHOUT_FLOPS, RunProgressBar, quiet_expected_noise
@@ -176,6 +176,8 @@ class CSLightningCLI(LightningCLI):
             cfg.predict_output = str(run_dir / "predictions.jsonl")
         if self.subcommand and cfg.get("ckpt_path") in ("best", "last") and self.subcommand != "fit":
             cfg.ckpt_path = self._find_checkpoint(Path(cfg.checkpoint.dirpath), cfg.ckpt_path)
+        if self.subcommand in ("validate", "test", "predict") and cfg.get("ckpt_path"):
+            self._read_with_the_checkpoint(cfg, Path(cfg.ckpt_path))
         elif self.subcommand == "fit" and cfg.get("ckpt_path") == "last":
             last = Path(cfg.checkpoint.dirpath) / "last.ckpt"
             if not last.exists():
@@ -184,6 +186,31 @@ class CSLightningCLI(LightningCLI):
             # read here with weights_only, as every file named directly is (_parse_ckpt_path): some strategies
             # (FSDP's full checkpoints) restore through an unpickler of their own that would run code
             read_checkpoint(last, "ckpt_path", mmap=True)
+
+    def _read_with_the_checkpoint(self, cfg, ckpt: Path) -> None:
+        """validate/test/predict read their data as the checkpoint's model was trained to: with the tokenizer saved
+        beside it (never a new one trained on the day's files) and, for intents, its label set in its order. The
+        training file is then needed only to carve the split from: when it is absent (a machine that holds only the
+        checkpoint folder and the new file), it is not read."""
+        init = cfg.data.get("init_args") if hasattr(cfg.data, "get") else None
+        if init is None:
+            return
+        tokenizer = ckpt.parent / "tokenizer"
+        if "tokenizer" in init and tokenizer.is_dir():
+            init.tokenizer = str(tokenizer)
+        labels = read_checkpoint(ckpt, "ckpt_path", mmap=True).get("hyper_parameters", {}).get("labels")
+        if "trained_labels" in init and labels:
+            init.trained_labels = list(labels)
+        split = {"validate": "val_file", "test": "test_file", "predict": "predict_file"}[self.subcommand]
+        train = init.get("train_file")
+        if init.get(split) and train and not Path(train).exists():
+            init.train_file = None
+
+    def after_instantiate_classes(self) -> None:
+        super().after_instantiate_classes()
+        ckpt = self.config[self.subcommand].get("ckpt_path") if self.subcommand else None
+        if self.subcommand in ("validate", "test", "predict") and ckpt and Path(ckpt).is_file():
+            check_vocabulary(read_checkpoint(ckpt, "ckpt_path", mmap=True), self.model, ckpt)
 
     def _parse_ckpt_path(self) -> None:
         """As Lightning: a checkpoint file given to validate/test/predict brings the model's hyper-parameters with

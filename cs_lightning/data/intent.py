@@ -31,18 +31,24 @@ class IntentDataModule(CSDataModule):
         label_column: column of the label (default: label, category, intent or class).
         history_column: column of the earlier turns (default: history or context).
         id_column: column of a record id (default: id, guid or uid; else ``file:line``).
+        trained_labels: the label set in a trained model's order, instead of the training file's: cs-train sets
+            it from the checkpoint for ``validate``, ``test`` and ``predict``, so every class keeps the index it was
+            trained with and no training file is needed. Evaluation labels outside it are out of scope (with ``oos_label``)
+            or an error.
     """
 
     task = "intent"
 
     def __init__(self, max_length: int = 128, oos_label: str | None = None, holdout_intents: int = 0,
                  text_column: str | None = None, label_column: str | None = None, history_column: str | None = None,
-                 id_column: str | None = None, **kwargs):
+                 id_column: str | None = None, trained_labels: list[str] | None = None,
+                 **kwargs):
         if holdout_intents and not oos_label:
             raise ConfigError("data.holdout_intents", "needs data.oos_label", "set data.oos_label: oos")
         self.columns = ColumnMap(text_column, label_column, history_column, id_column)
         self.oos_label, self.holdout_intents = oos_label, holdout_intents
-        self.label_names: list[str] | None = None
+        self.label_names: list[str] | None = list(trained_labels) if trained_labels else None
+        self.fixed_labels = bool(trained_labels)
         self.label_counts: list[int] | None = None
         self.held_out: list[str] = []
         super().__init__(**kwargs)
@@ -51,36 +57,46 @@ class IntentDataModule(CSDataModule):
         return DEMO_ROOT / self.domain / language
 
     def read_files(self) -> None:
-        files, oos, seed = self.files, self.oos_label, self.hparams.seed
+        files, oos = self.files, self.oos_label
         if files["train"]:
             train = read_intent_records(files["train"], self.columns, labelled=True)
-            names = sorted({r.label for r in train})
-            if self.holdout_intents:
-                in_scope = [n for n in names if n != oos]
+            if self.holdout_intents and not self.fixed_labels:
+                in_scope = [n for n in sorted({r.label for r in train}) if n != oos]
                 if self.holdout_intents >= len(in_scope) - 1:
                     raise ConfigError("data.holdout_intents", f"{self.holdout_intents} of {len(in_scope)} intents",
                                       "hold out fewer intents than the data has, leaving at least two")
-                self.held_out = sorted(random.Random(seed).sample(in_scope, self.holdout_intents))
+                self.held_out = sorted(random.Random(self.hparams.seed).sample(in_scope, self.holdout_intents))
             train = self.carve(train, lambda r: r.label)  # stratified over every intent, held-out ones too
-            self.records["train"] = [r for r in train if r.label not in self.held_out]
-            self.label_names = sorted({r.label for r in self.records["train"]})
-            if len(self.label_names) < 2:
-                raise DataError(files["train"], f"only one label ({self.label_names[0]!r}) in the training data",
-                                field="label", fix="an intent classifier needs at least two intents")
-            counts = Counter(r.label for r in self.records["train"])
-            self.label_counts = [counts[name] for name in self.label_names]
+            if not self.fixed_labels:  # with a trained model's labels the training file only feeds carved splits
+                self._set_training_records(train)
         for split in ("val", "test"):
             if files[split]:
-                records = read_intent_records(files[split], self.columns, labelled=True)
+                records = self._relabel_out_of_scope(read_intent_records(files[split], self.columns, labelled=True))
                 if self.label_names is not None:
-                    check_known_labels(records, self.label_names + self.held_out, files[split],
-                                       allowed_extra=[oos] if oos else ())
+                    check_known_labels(records, self.label_names, files[split], allowed_extra=[oos] if oos else ())
                 self.records[split] = records
-            if self.held_out and split in self.records:  # held-out intents are out of scope in evaluation
-                self.records[split] = [replace(r, label=oos) if r.label in self.held_out else r
-                                       for r in self.records[split]]
+            elif split in self.records:
+                self.records[split] = self._relabel_out_of_scope(self.records[split])
         if files["predict"]:
             self.records["predict"] = read_intent_records(files["predict"], self.columns, labelled=False)
+
+    def _set_training_records(self, train: list) -> None:
+        self.records["train"] = [r for r in train if r.label not in self.held_out]
+        self.label_names = sorted({r.label for r in self.records["train"]})
+        if len(self.label_names) < 2:
+            raise DataError(self.files["train"], f"only one label ({self.label_names[0]!r}) in the training data",
+                            field="label", fix="an intent classifier needs at least two intents")
+        counts = Counter(r.label for r in self.records["train"])
+        self.label_counts = [counts[name] for name in self.label_names]
+
+    def _relabel_out_of_scope(self, records: list) -> list:
+        """Held-out intents are out of scope in evaluation. With a trained model's labels the held-out names are
+        not known again: every label outside the model's set is out of scope then."""
+        if self.fixed_labels and self.holdout_intents:
+            outside = {r.label for r in records} - set(self.label_names) - {self.oos_label}
+        else:
+            outside = set(self.held_out)
+        return [replace(r, label=self.oos_label) if r.label in outside else r for r in records] if outside else records
 
     def training_texts(self) -> list[str]:
         train = self.records["train"]
