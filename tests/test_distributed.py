@@ -43,9 +43,12 @@ def data_files(folder: Path, n_train: int = 48, n_val: int = 25) -> dict:
     return files
 
 
-def base_args(files: dict, experiment: str, *extra: str) -> list[str]:
+def base_args(files: dict, experiment: str, *extra: str, dropout: bool = False) -> list[str]:
+    """A tiny BERT run; ``dropout`` keeps the config's default dropout (0.1), as users train (the stop-and-resume
+    tests); the rank-equivalence tests switch it off, since ranks draw different masks by design."""
     return ["--model", "cs_lightning.models.IntentClassifier", "--model.backbone=bert", "--model.pretrained=false",
-            "--model.model_size=tiny", "--model.learning_rate=0.003", "--model.warmup_ratio=0.1", NO_DROPOUT,
+            "--model.model_size=tiny", "--model.learning_rate=0.003", "--model.warmup_ratio=0.1",
+            *([] if dropout else [NO_DROPOUT]),
             "--data", "cs_lightning.data.IntentDataModule", f"--data.train_file={files['train']}",
             f"--data.val_file={files['val']}", "--data.batch_size=8", "--seed_everything=7",
             "--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.enable_progress_bar=false",
@@ -94,7 +97,7 @@ def straight(tmp_path_factory) -> Reference:
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(folder)
         patch.setenv("CS_LIGHTNING_CACHE", str(cache))
-        in_process("fit", base_args(files, "straight", "--trainer.max_epochs=2"))
+        in_process("fit", base_args(files, "straight", "--trainer.max_epochs=2", dropout=True))
     return Reference(folder / "logs" / "straight" / "checkpoints" / "last.ckpt", files, cache)
 
 
@@ -141,10 +144,11 @@ def test_resume_in_a_new_process_continues_exactly(tmp_path, straight):
     the run stops at the next batch boundary, since Lightning cannot resume from the last batch of an epoch."""
     files = straight.files  # 48 examples, batch 8: 6 steps an epoch
     cs_train("fit", base_args(files, "resumed", "--trainer.max_epochs=2", "--trainer.callbacks+=run_helpers.SignalAt",
-                              "--trainer.callbacks.step=6"), cache=straight.cache)
+                              "--trainer.callbacks.step=6", dropout=True), cache=straight.cache)
     stopped = torch.load("logs/resumed/checkpoints/last.ckpt", weights_only=True)
     assert stopped["global_step"] == 7 and stopped["epoch"] == 1
-    cs_train("fit", base_args(files, "resumed", "--trainer.max_epochs=2", "--ckpt_path=last"), cache=straight.cache)
+    cs_train("fit", base_args(files, "resumed", "--trainer.max_epochs=2", "--ckpt_path=last", dropout=True),
+             cache=straight.cache)
     straight = torch.load(straight.ckpt, map_location="cpu", weights_only=True)
     resumed = torch.load("logs/resumed/checkpoints/last.ckpt", map_location="cpu", weights_only=True)
     assert straight["global_step"] == resumed["global_step"] == 12
@@ -162,11 +166,12 @@ def test_signal_mid_epoch_saves_and_the_resumed_run_sees_every_sample_once(tmp_p
     recorder = ["--trainer.callbacks+=run_helpers.RecordBatches", f"--trainer.callbacks.path={record}"]
     stopped = cs_train("fit", base_args(files, "pre", "--trainer.max_epochs=2", *recorder,
                                         "--trainer.callbacks+=run_helpers.SignalAt", f"--trainer.callbacks.step={step}",
-                                        f"--trainer.callbacks.signum={int(signum)}"), cache=straight.cache)
+                                        f"--trainer.callbacks.signum={int(signum)}", dropout=True),
+                       cache=straight.cache)
     ckpt = torch.load("logs/pre/checkpoints/last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == step, stopped.stderr[-2000:]
-    resumed = cs_train("fit", base_args(files, "pre", "--trainer.max_epochs=2", *recorder, "--ckpt_path=last"),
-                       cache=straight.cache)
+    resumed = cs_train("fit", base_args(files, "pre", "--trainer.max_epochs=2", *recorder, "--ckpt_path=last",
+                                        dropout=True), cache=straight.cache)
     rows = [json.loads(line) for line in record.read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(12))  # no step repeated, none skipped
     interrupted = [i for r in rows if r["epoch"] == step // 6 for i in r["ids"]]
@@ -272,3 +277,20 @@ def test_a_file_that_is_not_a_checkpoint_is_one_line(tmp_path, capsys):
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("cs-train: error: ckpt_path:") and str(bad) in err[-1]
+
+
+def test_two_ranks_stopped_and_resumed_with_dropout_train_like_two_ranks_straight(tmp_path):
+    """Every rank's random state travels in the checkpoint: with the default dropout, a 2-rank run stopped by a
+    signal mid-epoch and resumed in new processes ends with the weights of a 2-rank run that never stopped."""
+    files = data_files(tmp_path / "data")  # 48 examples, 8 per rank: 3 steps an epoch
+    two = ["--trainer.max_epochs=2", "--trainer.devices=2", "--trainer.strategy=ddp"]
+    cs_train("fit", base_args(files, "straight2", *two, dropout=True))
+    cs_train("fit", base_args(files, "stopped2", *two, "--trainer.callbacks+=run_helpers.SignalAt",
+                              "--trainer.callbacks.step=4", dropout=True))
+    assert torch.load("logs/stopped2/checkpoints/last.ckpt", weights_only=True)["global_step"] == 4
+    cs_train("fit", base_args(files, "stopped2", *two, "--ckpt_path=last", dropout=True))
+    straight, resumed = (torch.load(f"logs/{name}/checkpoints/last.ckpt", map_location="cpu", weights_only=True)
+                         for name in ("straight2", "stopped2"))
+    assert straight["global_step"] == resumed["global_step"] == 6
+    assert max_difference(straight["state_dict"], resumed["state_dict"]) < 1e-6
+    assert len(resumed["callbacks"]["RandomState"]["ranks"]) == 2  # each rank's own state (without them: 1.7e-3 apart)

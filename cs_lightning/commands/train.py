@@ -27,7 +27,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.environments import ClusterEnvironment, SLURMEnvironment
 
 from cs_lightning.callbacks import (BestAndLastCheckpoint, FitSummary, HParamsSummary, IntentReport, MetricsFile,
-                                    NonFiniteGuard, PredictionWriter, Preemption, SaveArtifacts)
+                                    NonFiniteGuard, PredictionWriter, Preemption, RandomState, SaveArtifacts)
 from cs_lightning.checkpoints import check_task, check_vocabulary, read_checkpoint
 from cs_lightning.commands import run_command
 from cs_lightning.commands.arguments import argument_error
@@ -273,6 +273,7 @@ class CSLightningCLI(LightningCLI):
         if self.subcommand == "fit":
             add(Preemption)
             add(NonFiniteGuard)
+            add(RandomState)
             configs = [getattr(c, "relative", None) or str(c) for c in self.config[self.subcommand].get("config") or []]
             add(FitSummary, lambda: FitSummary(experiment=cfg.get("experiment"), configs=configs))
         if self.subcommand in ("validate", "test"):

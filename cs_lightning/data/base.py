@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import ClassVar, Sequence
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
@@ -228,8 +229,11 @@ class CSDataModule(pl.LightningDataModule):
                                             group_by_length=hp.group_by_length, seed=hp.seed, num_replicas=world,
                                             rank=rank, resume=resume)
         workers = hp.num_workers
+        # a generator of its own: starting an epoch then draws no number from torch's global generator, which
+        # dropout uses (a resumed run restores that one, see callbacks.RandomState)
+        generator = torch.Generator().manual_seed(hp.seed)
         return (TrainLoader if shuffle else DataLoader)(dataset, batch_sampler=sampler, num_workers=workers,
-                                                        persistent_workers=workers > 0,
+                                                        persistent_workers=workers > 0, generator=generator,
                                                         collate_fn=self.collator(generation))
 
     # The position in the training epoch travels in checkpoints as the data module's state (plain values), so a run
