@@ -9,13 +9,15 @@ from lightning.pytorch.callbacks import Callback
 
 
 class SignalAt(Callback):
-    """Sends ``signum`` to this process once, after the training batch that completes ``step`` optimizer steps."""
+    """Sends ``signum`` to this process once, after the training batch that completes ``step`` optimizer steps, on
+    the ranks named (``"0"``, ``"1"``, ``"0,1"``) or on ``"all"``."""
 
-    def __init__(self, step: int, signum: int = int(signal.SIGTERM)):
-        self.step, self.signum = step, signum
+    def __init__(self, step: int, signum: int = int(signal.SIGTERM), ranks: str = "0"):
+        self.step, self.signum, self.ranks = step, signum, ranks
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.global_step == self.step and trainer.is_global_zero:
+        chosen = self.ranks == "all" or str(trainer.global_rank) in self.ranks.split(",")
+        if trainer.global_step == self.step and chosen:
             os.kill(os.getpid(), self.signum)
 
 

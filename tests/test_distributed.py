@@ -287,10 +287,33 @@ def test_two_ranks_stopped_and_resumed_with_dropout_train_like_two_ranks_straigh
     cs_train("fit", base_args(files, "straight2", *two, dropout=True))
     cs_train("fit", base_args(files, "stopped2", *two, "--trainer.callbacks+=run_helpers.SignalAt",
                               "--trainer.callbacks.step=4", dropout=True))
-    assert torch.load("logs/stopped2/checkpoints/last.ckpt", weights_only=True)["global_step"] == 4
+    assert torch.load("logs/stopped2/checkpoints/last.ckpt", weights_only=True)["global_step"] == 5  # agreed a batch on
     cs_train("fit", base_args(files, "stopped2", *two, "--ckpt_path=last", dropout=True))
     straight, resumed = (torch.load(f"logs/{name}/checkpoints/last.ckpt", map_location="cpu", weights_only=True)
                          for name in ("straight2", "stopped2"))
     assert straight["global_step"] == resumed["global_step"] == 6
     assert max_difference(straight["state_dict"], resumed["state_dict"]) < 1e-6
     assert len(resumed["callbacks"]["RandomState"]["ranks"]) == 2  # each rank's own state (without them: 1.7e-3 apart)
+
+
+@pytest.mark.parametrize("signum, ranks", [(signal.SIGTERM, "1"), (signal.SIGUSR1, "all")],
+                         ids=["SIGTERM-to-rank-1", "SIGUSR1-to-all"])
+def test_a_signal_to_one_rank_or_all_stops_every_rank_after_the_same_batch(tmp_path, signum, ranks):
+    """Two ranks, 3 steps an epoch: the signal comes after step 4 (mid second epoch); every rank trains exactly one
+    more batch (the one during which they agree), saves, and exits cleanly; the resumed run sees the rest."""
+    files = data_files(tmp_path / "data")
+    record = tmp_path / "batches.jsonl"
+    two = ["--trainer.max_epochs=3", "--trainer.devices=2", "--trainer.strategy=ddp",
+           "--trainer.log_every_n_steps=50",  # the ranks agree at every batch, not only at logging steps
+           "--trainer.callbacks+=run_helpers.RecordBatches", f"--trainer.callbacks.path={record}"]
+    done = cs_train("fit", base_args(files, "sig2", *two, "--trainer.callbacks+=run_helpers.SignalAt",
+                                     "--trainer.callbacks.step=4", f"--trainer.callbacks.signum={int(signum)}",
+                                     f"--trainer.callbacks.ranks={ranks}"))
+    rows = [json.loads(line) for line in record.read_text().splitlines()]
+    last = {rank: max(r["step"] for r in rows if r["rank"] == rank) for rank in (0, 1)}
+    assert last == {0: 4, 1: 4}, done.stderr[-2000:]  # both trained the batch that completes step 5, no further
+    assert torch.load("logs/sig2/checkpoints/last.ckpt", weights_only=True)["global_step"] == 5
+    cs_train("fit", base_args(files, "sig2", *two, "--ckpt_path=last"))
+    rows = [json.loads(line) for line in record.read_text().splitlines()]
+    for rank in (0, 1):
+        assert [r["step"] for r in rows if r["rank"] == rank] == list(range(9))  # none repeated, none skipped

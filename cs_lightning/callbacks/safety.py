@@ -32,9 +32,13 @@ class Preemption(Callback):
 
     The handler only sets a flag; the flag is acted on at a training-batch boundary, the one place where Lightning
     resumes reliably (a checkpoint taken in the middle of a validation run does not resume correctly in Lightning
-    2.6, so a signal during validation waits for it to finish). A signal that reaches only one rank stops them all:
-    the ranks agree on the flag at every step when there is one process, and every ``log_every_n_steps`` steps
-    (one small all-reduce) when there are several.
+    2.6, so a signal during validation waits for it to finish).
+
+    Several ranks: a signal that reaches only one of them stops them all, after the same batch, at most one batch
+    after the signal. At the end of every batch each rank starts an asynchronous all-reduce of its flag on a small
+    CPU (gloo) process group of its own, and reads the result of the previous batch's reduction, which finished
+    while this batch trained: no rank waits for the others or for the GPU at a step, and all of them see a signal
+    at the same batch boundary.
     """
 
     SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGUSR1") if hasattr(signal, name))
@@ -42,12 +46,17 @@ class Preemption(Callback):
     def __init__(self):
         self._previous: dict = {}
         self.received: int | None = None
+        self._group = None  # the CPU process group the ranks agree on the flag in
+        self._reduction: tuple | None = None  # (work, flag) of the reduction started at the previous batch
 
     def _handler(self, signum, frame) -> None:
         self.received = signum
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.received = None
+        self._reduction, self._group = None, None
+        if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            self._group = torch.distributed.new_group(backend="gloo")  # every rank creates it, in the same order
         self._previous = {signum: signal.getsignal(signum) for signum in self.SIGNALS}  # restored at teardown
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -59,7 +68,24 @@ class Preemption(Callback):
                 self._previous = {}
                 return
 
+    def _any_rank_signalled(self) -> bool:
+        """Whether any rank had the flag set one batch ago (that reduction has finished meanwhile), after starting
+        this batch's reduction."""
+        import torch.distributed as dist
+
+        stop = False
+        if self._reduction is not None:
+            work, flag = self._reduction
+            work.wait()
+            stop = bool(flag.item())
+        flag = torch.tensor([int(self.received is not None)])
+        self._reduction = (dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group, async_op=True), flag)
+        return stop
+
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self._reduction is not None:  # every rank started as many reductions: finish the last one everywhere
+            self._reduction[0].wait()
+            self._reduction = None
         for signum, previous in self._previous.items():
             if previous is not None:
                 signal.signal(signum, previous)
@@ -67,10 +93,8 @@ class Preemption(Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
                            batch_idx: int) -> None:
-        if trainer.world_size > 1:
-            if trainer.global_step % max(trainer.log_every_n_steps, 1):
-                return
-            stop = trainer.strategy.reduce_boolean_decision(self.received is not None, all=False)
+        if self._group is not None:
+            stop = self._any_rank_signalled()
         else:
             stop = self.received is not None
         if not stop or _epoch_ends_here(trainer):  # at the epoch's last batch: stop after the epoch-end save
