@@ -198,9 +198,11 @@ class CSLightningCLI(LightningCLI):
         tokenizer = ckpt.parent / "tokenizer"
         if "tokenizer" in init and tokenizer.is_dir():
             init.tokenizer = str(tokenizer)
-        labels = read_checkpoint(ckpt, "ckpt_path", mmap=True).get("hyper_parameters", {}).get("labels")
-        if "trained_labels" in init and labels:
-            init.trained_labels = list(labels)
+        hparams = read_checkpoint(ckpt, "ckpt_path", mmap=True).get("hyper_parameters", {})
+        if "trained_labels" in init and hparams.get("labels"):
+            init.trained_labels = list(hparams["labels"])
+            if hparams.get("label_counts"):
+                init.trained_label_counts = list(hparams["label_counts"])
         split = {"validate": "val_file", "test": "test_file", "predict": "predict_file"}[self.subcommand]
         train = init.get("train_file")
         if init.get(split) and train and not Path(train).exists():

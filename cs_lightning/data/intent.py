@@ -35,6 +35,8 @@ class IntentDataModule(CSDataModule):
             it from the checkpoint for ``validate``, ``test`` and ``predict``, so every class keeps the index it was
             trained with and no training file is needed. Evaluation labels outside it are out of scope (with ``oos_label``)
             or an error.
+        trained_label_counts: with ``trained_labels``, the training examples per label the model was trained on
+            (for class weights); set by cs-train from the checkpoint too.
     """
 
     task = "intent"
@@ -42,14 +44,15 @@ class IntentDataModule(CSDataModule):
     def __init__(self, max_length: int = 128, oos_label: str | None = None, holdout_intents: int = 0,
                  text_column: str | None = None, label_column: str | None = None, history_column: str | None = None,
                  id_column: str | None = None, trained_labels: list[str] | None = None,
-                 **kwargs):
+                 trained_label_counts: list[int] | None = None, **kwargs):
         if holdout_intents and not oos_label:
             raise ConfigError("data.holdout_intents", "needs data.oos_label", "set data.oos_label: oos")
         self.columns = ColumnMap(text_column, label_column, history_column, id_column)
         self.oos_label, self.holdout_intents = oos_label, holdout_intents
         self.label_names: list[str] | None = list(trained_labels) if trained_labels else None
         self.fixed_labels = bool(trained_labels)
-        self.label_counts: list[int] | None = None
+        self.label_counts: list[int] | None = list(trained_label_counts) if trained_labels and trained_label_counts \
+            else None
         self.held_out: list[str] = []
         super().__init__(**kwargs)
 
