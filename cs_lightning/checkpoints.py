@@ -120,7 +120,8 @@ def check_vocabulary(raw: dict, module, path: str | Path, key: str = "ckpt_path"
 
 def load_module(ckpt_path: str | Path, task: str | None = None, key: str = "ckpt"):
     """The LightningModule of a cs-lightning checkpoint, in eval mode, built from the files saved beside it
-    (tokenizer, config, rules), so the original data and weights are not needed.
+    (tokenizer, config, rules), so the original data and weights are not needed; an adapter checkpoint
+    (``model.peft``) is rebuilt on the base weights it records (their source), then its adapter state.
 
     Args:
         ckpt_path: the checkpoint file.
@@ -139,8 +140,11 @@ def load_module(ckpt_path: str | Path, task: str | None = None, key: str = "ckpt
     overrides: dict[str, Any] = {}
     if (folder / "tokenizer").is_dir():
         overrides["tokenizer_path"] = str(folder / "tokenizer")
-    if (folder / "config.json").is_file():
+    adapters = (raw.get("cs_lightning") or {}).get("adapters")
+    if (folder / "config.json").is_file() and not adapters:
         overrides.update(model_name_or_path=str(folder), pretrained=False)
+    # an adapter checkpoint holds no base weights: the module loads them from the source it records, and its
+    # on_load_checkpoint refuses other weights than those the adapters were trained on (their hash)
     if (folder / "rules.yaml").is_file() and "rules_path" in hparams:
         overrides["rules_path"] = str(folder / "rules.yaml")
     module = model_class(raw, key).load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True,

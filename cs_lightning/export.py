@@ -6,6 +6,11 @@
   ``generation_config`` carries the checkpoint's decoding settings (and blocked phrases as ``bad_words_ids``), and
   ``cs_lightning.json`` the prompt format, so ``generate`` gives the checkpoint's replies.
 
+A checkpoint that trained adapters (``model.peft``) exports the same way, its adapters merged into the base weights
+(peft's ``merge_and_unload``); ``adapter=True`` (``cs-export --adapter``) writes peft's adapter folder instead
+(``adapter_config.json``, ``adapter_model.safetensors``, the tokenizer and ``cs_lightning.json`` naming the base), which
+``peft.PeftModel.from_pretrained(base_model, folder)`` loads onto the same base weights.
+
 The folder is built under a temporary name and swapped in whole.
 """
 
@@ -15,18 +20,33 @@ import json
 from pathlib import Path
 
 from cs_lightning.checkpoints import load_module
+from cs_lightning.errors import ConfigError
 from cs_lightning.io import atomic_dir
 from cs_lightning.prompts import MARKER_FORMAT, SPECIAL_MARKERS
 
 
-def export(ckpt_path: str | Path, out_dir: str | Path) -> Path:
-    """Write the Hugging Face folder of a checkpoint; returns its path."""
+def export(ckpt_path: str | Path, out_dir: str | Path, adapter: bool = False) -> Path:
+    """Write the Hugging Face folder of a checkpoint (adapters merged), or with ``adapter`` its peft adapter folder;
+    returns its path."""
     module, data = load_module(ckpt_path, key="ckpt")
     out_dir = Path(out_dir)
     task = getattr(module, "task", "")
+    adapters = getattr(module, "adapters", None)
+    if adapter and not adapters:
+        raise ConfigError("--adapter", f"{ckpt_path} holds a fully fine-tuned model, not adapters",
+                          "export it without --adapter")
+    if adapter and not adapters["base"]["pretrained"]:
+        raise ConfigError("--adapter", f"the base of {ckpt_path} was built from scratch (model.pretrained: false), "
+                                       "so there are no base weights to load the adapter onto",
+                          "export it without --adapter (adapters merged into the model)")
 
     def fill(tmp: Path) -> None:
         model = module.model
+        if adapter:
+            # the base as the user named it (a hub id travels; the resolved local path would not)
+            model.peft_config["default"].base_model_name_or_path = adapters["base"]["model_name_or_path"]
+        elif adapters:
+            model = model.merge_and_unload()  # a plain Hugging Face model with the adapters folded into its weights
         if task == "reply":
             hp = module.hparams
             gen = model.generation_config
@@ -38,6 +58,10 @@ def export(ckpt_path: str | Path, out_dir: str | Path) -> Path:
         model.save_pretrained(str(tmp), safe_serialization=True)
         module.tokenizer.save_pretrained(str(tmp))
         info = {"task": task, "backbone": module.hparams.backbone, "exported_from": str(Path(ckpt_path).resolve())}
+        if adapter:
+            info["adapter"] = adapters  # the method, and the base weights it goes onto (source and sha256)
+            if task == "intent":  # the base classifier to build: AutoModelForSequenceClassification(num_labels)
+                info["labels"] = list(module.labels)
         if task == "reply":
             info.update(reply_kind=module.backbone.reply_kind, speaker_markers=SPECIAL_MARKERS,
                         prompt_format=MARKER_FORMAT,

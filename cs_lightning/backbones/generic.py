@@ -243,7 +243,9 @@ def _is_block(module: nn.Module) -> bool:
     return sum(1 for m in module.modules() if next(m.parameters(recurse=False), None) is not None) > 1
 
 
-def _block_stacks(base: nn.Module) -> list[tuple[str, nn.ModuleList]]:
+def block_stacks(base: nn.Module) -> list[tuple[str, nn.ModuleList]]:
+    """The outermost ModuleLists of identical blocks in ``base``, by path (``encoder.layer``, ``h``), in module order
+    (:func:`discover_layer_groups` sorts them by the forward; adapters find their default targets in them)."""
     stacks: list[tuple[str, nn.ModuleList]] = []
     for path, module in base.named_modules():
         if not isinstance(module, nn.ModuleList) or not len(module):
@@ -287,7 +289,7 @@ def _probe_inputs(model: nn.Module) -> dict:
 
 def _discover(model: nn.Module) -> list[tuple[str, list[str]]]:
     base = model.base_model
-    stacks = _block_stacks(base)
+    stacks = block_stacks(base)
     if not stacks:
         return []
     params = dict(model.named_parameters())  # tied weights once

@@ -13,6 +13,9 @@ Frozen blocks are put in eval mode (no dropout) and need no backward work: nothi
 requires a gradient, so autograd stops there. Trainable and total parameter counts are logged at every change
 (console and ``params/trainable``, ``params/total``). Resuming restores the same frozen state, parameter groups and
 learning rates.
+
+Neither works with adapters (``model.peft``): peft already freezes every base weight and trains only the adapters
+and the head, so there is no block left to freeze or unfreeze; the pair is refused in one line before training.
 """
 
 from __future__ import annotations
@@ -52,6 +55,15 @@ class _Freezing(BaseFinetuning):
     def __init__(self):
         super().__init__()
         self.frozen: list[LayerGroup] = []
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        method = getattr(pl_module, "adapter_method", None)
+        if method:
+            raise ConfigError("trainer.callbacks", f"{type(self).__name__} cannot be combined with model.peft "
+                              f"({method}): peft already freezes every base weight and trains only the adapters "
+                              "and the head", "remove the freezing callback, or set model.peft: null to freeze "
+                              "blocks of a fully fine-tuned model")
+        super().setup(trainer, pl_module, stage)
 
     def _set_frozen(self, pl_module, frozen: list[LayerGroup]) -> None:
         self.frozen = frozen

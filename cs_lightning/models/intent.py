@@ -75,6 +75,12 @@ class IntentClassifier(BackboneModule):
         config_overrides: Hugging Face config attributes to change, e.g. ``{hidden_dropout_prob: 0.2}``.
         trust_remote_code: run Python code that hub weights ship with (off: only built-in architectures load).
         compile: run the model's forward through ``torch.compile`` (pair it with ``data.pad_to_buckets``).
+        peft: train adapters instead of every weight (null: full fine-tuning), with the ``peft`` library:
+            ``{method: lora|dora|ia3, r: 8, alpha: 16, dropout: 0.05, target_modules: null}``; target_modules null
+            takes the attention and MLP projections of the model's blocks. The head trains in full; checkpoints hold
+            what trains plus a hash of the base weights (README, "Adapters").
+        gradient_checkpointing: recompute the blocks' activations in the backward pass instead of keeping them
+            (less memory, about a third more compute).
         label_smoothing: cross-entropy label smoothing.
         top_k: alternatives reported with each prediction.
         class_weights: weight the loss by inverse label frequency in the training data (imbalanced data).
@@ -97,7 +103,8 @@ class IntentClassifier(BackboneModule):
                  top_k: int = 3, class_weights: bool = False, oos_label: str | None = None,
                  oos_threshold: float | None = None, oos_target: str = "macro_f1", labels: list[str] | None = None,
                  label_counts: list[int] | None = None, tokenizer_path: str | None = None,
-                 trust_remote_code: bool = False, compile: bool = False):
+                 trust_remote_code: bool = False, compile: bool = False, peft: dict | None = None,
+                 gradient_checkpointing: bool = False):
         super().__init__()
         if not labels or len(labels) < 2:
             raise ConfigError("model.labels", "an intent classifier needs at least two label names",
@@ -106,8 +113,8 @@ class IntentClassifier(BackboneModule):
             raise ConfigError("model.learning_rate", f"must be positive, got {learning_rate}")
         self.save_hyperparameters()
         self.build_backbone(backbone, model_name_or_path, pretrained, tokenizer_path, model_size, config_overrides,
-                            trust_remote_code=trust_remote_code, model_type=model_type,
-                            labels=list(labels))
+                            trust_remote_code=trust_remote_code, model_type=model_type, peft=peft,
+                            gradient_checkpointing=gradient_checkpointing, labels=list(labels))
         n = len(labels)
         if oos_target != "macro_f1" and not (oos_target.startswith("precision:") and
                                              0 < float(oos_target.split(":")[1] or 0) <= 1):

@@ -94,6 +94,13 @@ class ReplyGenerator(BackboneModule):
         trust_remote_code: run Python code that hub weights ship with (off: only built-in architectures load).
         compile: run the training forward through ``torch.compile`` (pair it with ``data.pad_to_buckets``);
             generation stays eager (its lengths change every token).
+        peft: train adapters instead of every weight (null: full fine-tuning), with the ``peft`` library:
+            ``{method: lora|dora|ia3, r: 8, alpha: 16, dropout: 0.05, target_modules: null}``; target_modules null
+            takes the attention and MLP projections of the model's blocks. With LoRA and DoRA the speaker markers'
+            embedding rows train too; checkpoints hold what trains plus a hash of the base weights (README,
+            "Adapters").
+        gradient_checkpointing: recompute the blocks' activations in the backward pass instead of keeping them
+            (less memory, about a third more compute).
         num_beams: beam width when generating (1: greedy).
         max_new_tokens: longest generated reply, in tokens.
         no_repeat_ngram_size: never repeat an n-gram of this size in a reply (0: off).
@@ -113,11 +120,13 @@ class ReplyGenerator(BackboneModule):
                  model_size: str = "small", config_overrides: dict | None = None, num_beams: int = 1,
                  max_new_tokens: int = 48, no_repeat_ngram_size: int = 3, repetition_penalty: float = 1.0,
                  samples_to_log: int = 8, language: str = "en", rules_path: str | None = None,
-                 tokenizer_path: str | None = None, trust_remote_code: bool = False, compile: bool = False):
+                 tokenizer_path: str | None = None, trust_remote_code: bool = False, compile: bool = False,
+                 peft: dict | None = None, gradient_checkpointing: bool = False):
         super().__init__()
         self.save_hyperparameters()
         self.build_backbone(backbone, model_name_or_path, pretrained, tokenizer_path, model_size, config_overrides,
-                            trust_remote_code=trust_remote_code, model_type=model_type)
+                            trust_remote_code=trust_remote_code, model_type=model_type, peft=peft,
+                            gradient_checkpointing=gradient_checkpointing)
         self.causal = self.backbone.reply_kind == "causal"
         self.rules = BusinessRules.load(rules_path) if rules_path else BusinessRules()
         self.bad_words_ids = self._bad_words_ids()
@@ -139,7 +148,9 @@ class ReplyGenerator(BackboneModule):
 
     # ------------------------------------------------------------------ training
     def forward(self, input_ids, attention_mask=None, labels=None):
-        return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+        # the loss only: no key/value cache to keep (generation has its own path, and gradient checkpointing would
+        # warn at every run that it turns the cache off)
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, use_cache=False)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self(batch["input_ids"], batch["attention_mask"], batch["labels"]).loss
