@@ -2,6 +2,7 @@
 
 import functools
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -146,3 +147,9 @@ def test_without_torch_every_check_still_reports(monkeypatch):
     assert rows["tiny pass"].status == "FAIL"
     assert rows["cpu cores"].status in ("ok", "warn")
     assert doctor.exit_code(list(rows.values())) == 1
+
+
+def test_libraries_row_names_every_runtime_library_with_its_version():
+    row = doctor.check_libraries(doctor.Options())
+    for name in ("lightning", "transformers", "peft", "torchmetrics", "jsonargparse", "tensorboard"):
+        assert re.search(rf"\b{name} \d", row.value), (name, row.value)

@@ -38,7 +38,7 @@ RECOMMENDED_GPU_GB = 12
 MIN_FREE_DISK_GB = 5
 PIP_CHECK_TIMEOUT_S = 60
 NVIDIA_SMI_TIMEOUT_S = 15
-LIBRARIES = ("lightning", "transformers", "torchmetrics", "jsonargparse", "tensorboard")
+LIBRARIES = ("lightning", "transformers", "peft", "torchmetrics", "jsonargparse", "tensorboard")
 CS_LIGHTNING_MODULES = ("cs_lightning.commands.train", "cs_lightning.models", "cs_lightning.data")
 CRASH_FIX = "the check itself raised an error: fix its cause (shown in the value) or report it with this output"
 BASE_MODEL_ADVICE = ("train small models here (--model.model_size small, or the default all-MiniLM-L6-v2), "
@@ -388,7 +388,7 @@ def check_pip(options: Options) -> CheckResult:
 
 @check("libraries")
 def check_libraries(options: Options) -> CheckResult:
-    """The installed versions of lightning, transformers, torchmetrics, jsonargparse and tensorboard."""
+    """The installed versions of lightning, transformers, peft, torchmetrics, jsonargparse and tensorboard."""
     found, missing = [], []
     for dist in LIBRARIES:
         try:
