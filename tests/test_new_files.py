@@ -2,6 +2,7 @@
 checkpoint and the model's own label set, on a machine that holds only the checkpoint folder and that file (no
 training data, an empty cache); a checkpoint and a tokenizer that do not fit are one line."""
 
+import functools
 import json
 import shutil
 from pathlib import Path
@@ -17,9 +18,9 @@ OTHER = ["where is my order now", "refund my money please", "i am locked out of 
 OTHER_LABELS = ["delivery", "refund", "login", "delivery", "refund", "login"]
 
 
-def intent_args(train: Path, *extra: str) -> list[str]:
+def intent_args(train: Path, *extra: str, data: str = "cs_lightning.data.IntentDataModule") -> list[str]:
     return ["--model", "cs_lightning.models.IntentClassifier", "--model.backbone=bert", "--model.pretrained=false",
-            "--model.model_size=tiny", "--model.learning_rate=0.003", "--data", "cs_lightning.data.IntentDataModule",
+            "--model.model_size=tiny", "--model.learning_rate=0.003", "--data", data,
             f"--data.train_file={train}", "--data.val_fraction=0.2", "--data.test_fraction=0.2",
             "--data.batch_size=4", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
             "--experiment=new", *extra]
@@ -32,8 +33,11 @@ def move_to_a_new_machine(tmp_path: Path, monkeypatch, *gone: Path) -> None:
     monkeypatch.setenv("CS_LIGHTNING_CACHE", str(tmp_path / "empty-cache"))
 
 
-def test_intent_test_and_predict_on_a_new_file_need_only_the_checkpoint_folder(tmp_path, monkeypatch):
+# a domain module falls back to its bundled demo data without a training file: never when evaluating a checkpoint
+@pytest.mark.parametrize("data", ["cs_lightning.data.IntentDataModule", "cs_lightning.data.FinanceDataModule"])
+def test_intent_test_and_predict_on_a_new_file_need_only_the_checkpoint_folder(tmp_path, monkeypatch, data):
     files = tiny_intent_files(tmp_path / "data")  # carved splits: the val/test files given are not used
+    intent_args = functools.partial(globals()["intent_args"], data=data)
     main(["fit", *intent_args(files["train"], "--trainer.max_epochs=2")])
     ckpts = Path("logs/new/checkpoints")
     trained_tokenizer = json.loads((ckpts / "tokenizer" / "tokenizer.json").read_text())["model"]["vocab"]

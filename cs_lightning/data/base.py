@@ -114,7 +114,7 @@ class CSDataModule(pl.LightningDataModule):
         for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
             if not 0 <= value < 1:
                 raise ConfigError(f"data.{name}", f"must be in [0, 1), got {value}")
-        if train_file is None and self.domain is not None:
+        if train_file is None and self.uses_demo_data():
             folder = self.demo_folder(language)
             train_file = str(folder / "train.jsonl")
             val_file = val_file or str(folder / "val.jsonl")
@@ -138,6 +138,10 @@ class CSDataModule(pl.LightningDataModule):
         self.tokenizer = self.load_tokenizer(self.tokenizer_path)
 
     # ------------------------------------------------------------------ what each task provides
+    def uses_demo_data(self) -> bool:
+        """Whether a module without a training file reads its domain's bundled demo files."""
+        return self.domain is not None
+
     def demo_folder(self, language: str) -> Path:
         """The folder of this domain's bundled demo files for the task and ``language``."""
         raise NotImplementedError

@@ -56,6 +56,10 @@ class IntentDataModule(CSDataModule):
         self.held_out: list[str] = []
         super().__init__(**kwargs)
 
+    def uses_demo_data(self) -> bool:
+        # evaluating a trained model (its labels given) never falls back to the demo: its labels are another set
+        return super().uses_demo_data() and not self.fixed_labels
+
     def demo_folder(self, language: str) -> Path:
         return DEMO_ROOT / self.domain / language
 
