@@ -37,8 +37,8 @@ class Preemption(Callback):
     Several ranks: a signal that reaches only one of them stops them all, after the same batch, at most one batch
     after the signal. At the end of every batch each rank starts an asynchronous all-reduce of its flag on a small
     CPU (gloo) process group of its own, and reads the result of the previous batch's reduction, which finished
-    while this batch trained: no rank waits for the others or for the GPU at a step, and all of them see a signal
-    at the same batch boundary.
+    while this batch trained (DDP's gradient all-reduce keeps the ranks in step anyway): the flag adds no wait to a
+    step and never syncs with the GPU, and all ranks see a signal at the same batch boundary.
     """
 
     SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGUSR1") if hasattr(signal, name))

@@ -185,7 +185,16 @@ class CSLightningCLI(LightningCLI):
                                   "train first, or give the path of a checkpoint")
             # read here with weights_only, as every file named directly is (_parse_ckpt_path): some strategies
             # (FSDP's full checkpoints) restore through an unpickler of their own that would run code
-            read_checkpoint(last, "ckpt_path", mmap=True)
+            self._checkpoint(last)
+
+    def _checkpoint(self, path) -> dict:
+        """The checkpoint at ``path`` read once with weights_only and mapped, not loaded: its hyper-parameters are
+        asked for while parsing, configuring the data and checking the vocabulary."""
+        read = self.__dict__.setdefault("_read_checkpoints", {})
+        key = str(Path(path).resolve())
+        if key not in read:
+            read[key] = read_checkpoint(path, "ckpt_path", mmap=True)
+        return read[key]
 
     def _read_with_the_checkpoint(self, cfg, ckpt: Path) -> None:
         """validate/test/predict read their data as the checkpoint's model was trained to: with the tokenizer saved
@@ -198,7 +207,7 @@ class CSLightningCLI(LightningCLI):
         tokenizer = ckpt.parent / "tokenizer"
         if "tokenizer" in init and tokenizer.is_dir():
             init.tokenizer = str(tokenizer)
-        hparams = read_checkpoint(ckpt, "ckpt_path", mmap=True).get("hyper_parameters", {})
+        hparams = self._checkpoint(ckpt).get("hyper_parameters", {})
         if "trained_labels" in init and hparams.get("labels"):
             init.trained_labels = list(hparams["labels"])
             if hparams.get("label_counts"):
@@ -212,7 +221,7 @@ class CSLightningCLI(LightningCLI):
         super().after_instantiate_classes()
         ckpt = self.config[self.subcommand].get("ckpt_path") if self.subcommand else None
         if self.subcommand in ("validate", "test", "predict") and ckpt and Path(ckpt).is_file():
-            check_vocabulary(read_checkpoint(ckpt, "ckpt_path", mmap=True), self.model, ckpt)
+            check_vocabulary(self._checkpoint(ckpt), self.model, ckpt)
 
     def _parse_ckpt_path(self) -> None:
         """As Lightning: a checkpoint file given to validate/test/predict brings the model's hyper-parameters with
@@ -226,7 +235,7 @@ class CSLightningCLI(LightningCLI):
         import inspect
 
         # mmap: only the hyper-parameters are read here; the weights stay on disk until the trainer loads them
-        checkpoint = read_checkpoint(ckpt_path, "ckpt_path", mmap=True)
+        checkpoint = self._checkpoint(ckpt_path)
         task = self._task_of(self.config[subcommand])
         if task:
             check_task(checkpoint, task, ckpt_path, fix="give a checkpoint of this config's model, or the config "
