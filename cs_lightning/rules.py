@@ -3,8 +3,11 @@ and patterns a reply must never match.
 
 A rules file (YAML or JSON)::
 
-    blocked_phrases:              # never in a reply; also blocked while generating
+    blocked_phrases:              # never in a reply: generation cannot produce them (see below)
       - guaranteed return
+      - 保证
+    allow:                        # longer phrases that contain a blocked one and are fine (保证金: a deposit)
+      - 保证金
     required:                     # in these situations a reply must match `pattern`
       - name: refund_time_frame
         description: a refund reply states the time frame
@@ -16,7 +19,14 @@ A rules file (YAML or JSON)::
       - name: full_card_number
         pattern: "(?<!\\d)(?:\\d[ -]?){13,19}(?!\\d)"
 
-Evaluation counts violations per rule and the share of replies with at least one (``rule_violation_rate``).
+Evaluation counts violations per rule and the share of replies with at least one (``rule_violation_rate``), on the
+replies exactly as generated.
+
+How a blocked phrase matches (:class:`PhraseMatcher`, the one definition used by generation and by evaluation): case
+and runs of whitespace are ignored, and so are spaces between Chinese characters (some tokenizers decode
+"保 证"); an end of the phrase that is a letter or digit must be a word boundary in the text, so "guaranteed" does
+not match "unguaranteed" or "guaranteedly", while Chinese phrases match anywhere ("保证" inside "我们保证您"); an
+occurrence inside one of the ``allow`` phrases does not count.
 """
 
 from __future__ import annotations
@@ -28,6 +38,71 @@ from pathlib import Path
 from typing import Sequence
 
 from cs_lightning.errors import DataError
+from cs_lightning.prompts import CJK, join_cjk
+
+_CJK_CHAR = re.compile(f"[{CJK}]")
+
+
+def _is_word(char: str) -> bool:
+    """A letter or digit that takes part in English word boundaries (Chinese characters do not)."""
+    return char.isalnum() and not _CJK_CHAR.match(char)
+
+
+def canonical(text: str) -> str:
+    """The form phrases are matched in: lower case, whitespace runs as one space, no spaces between CJK characters
+    (a space at the end stays: it ends a word)."""
+    words = text.lower().split()
+    return join_cjk(" ".join(words)) + (" " if words and text[-1].isspace() else "")
+
+
+class PhraseMatcher:
+    """Finds blocked phrases in a text, whole words for letters and digits, outside the allowed phrases.
+
+    ``find(text)`` lists the violations of a finished text. ``find(text, final=False)`` is the question generation
+    asks of a text that may still go on: an occurrence that what comes next may still excuse (the end of the text
+    could continue the word, or grow into an allowed phrase) is not counted yet, so the constraint bans a token
+    exactly when every continuation would break the rule.
+    """
+
+    def __init__(self, phrases: Sequence[str], allow: Sequence[str] = ()):
+        self.phrases = tuple(dict.fromkeys(p for p in (canonical(x) for x in phrases) if p))
+        self.allow = tuple(dict.fromkeys(a for a in (canonical(x) for x in allow) if a))
+        # for each phrase, every (allowed phrase, offset) where the phrase sits inside the allowed one
+        self._covers = {p: [(a, k) for a in self.allow for k in range(len(a) - len(p) + 1) if a.startswith(p, k)]
+                        for p in self.phrases}
+        self.longest = max((len(x) for x in self.phrases + self.allow), default=0)
+
+    def __bool__(self) -> bool:
+        return bool(self.phrases)
+
+    def find(self, text: str, final: bool = True) -> list[str]:
+        """The blocked phrases ``text`` contains (one entry per occurrence), see the class docstring."""
+        t = canonical(text)
+        found = []
+        for p in self.phrases:
+            start = t.find(p)
+            while start >= 0:
+                if self._counts(t, p, start, final):
+                    found.append(p)
+                start = t.find(p, start + 1)
+        return found
+
+    def _counts(self, t: str, p: str, start: int, final: bool) -> bool:
+        end = start + len(p)
+        if _is_word(p[0]) and start > 0 and _is_word(t[start - 1]):
+            return False  # inside a longer word
+        if _is_word(p[-1]) and end < len(t) and _is_word(t[end]):
+            return False
+        pending = not final and _is_word(p[-1]) and end == len(t)  # the next letter may still make it a longer word
+        for allowed, offset in self._covers[p]:
+            begin = start - offset
+            if begin < 0:
+                continue
+            if t.startswith(allowed, begin):
+                return False
+            if not final and len(t) < begin + len(allowed) and allowed.startswith(t[begin:]):
+                pending = True  # may still become the allowed phrase
+        return not pending
 
 
 @dataclass(frozen=True)
@@ -64,12 +139,11 @@ class BusinessRules:
     required: tuple[RequiredRule, ...] = ()
     forbidden: tuple[ForbiddenPattern, ...] = ()
     source: str = ""
-    _blocked_re: re.Pattern | None = field(default=None, repr=False)
+    allow: tuple[str, ...] = ()
+    blocked: PhraseMatcher = field(init=False, repr=False)
 
     def __post_init__(self):
-        if self.blocked_phrases:
-            alternatives = "|".join(re.escape(p) for p in sorted(self.blocked_phrases, key=len, reverse=True))
-            self._blocked_re = re.compile(alternatives, re.IGNORECASE)
+        self.blocked = PhraseMatcher(self.blocked_phrases, self.allow)
 
     @property
     def rule_names(self) -> list[str]:
@@ -80,17 +154,11 @@ class BusinessRules:
         """Names of the rules ``reply`` breaks, given the conversation before it (turns with ``role``/``text``)."""
         last_user = next((t.text for t in reversed(context) if t.role == "user"), "")
         broken = []
-        if self._blocked_re is not None and self._blocked_re.search(reply):
+        if self.blocked and self.blocked.find(reply):
             broken.append("blocked_phrase")
         broken += [r.name for r in self.required if r.applies(reply, last_user, intent) and not r.pattern.search(reply)]
         broken += [f.name for f in self.forbidden if f.pattern.search(reply)]
         return broken
-
-    def scrub(self, reply: str) -> str:
-        """Remove blocked phrases that slipped through generation (another tokenization of the same words)."""
-        if self._blocked_re is None:
-            return reply
-        return " ".join(self._blocked_re.sub("", reply).split())
 
     @classmethod
     def load(cls, path: str | Path) -> "BusinessRules":
@@ -122,11 +190,11 @@ class BusinessRules:
         data = data or {}
         if not isinstance(data, dict):
             raise DataError(path, "the rules file must hold a mapping", fix="see cs_lightning/rules.py for the format")
-        unknown = set(data) - {"blocked_phrases", "required", "forbidden_patterns"}
+        unknown = set(data) - {"blocked_phrases", "allow", "required", "forbidden_patterns"}
         if unknown:
             names = sorted(k if isinstance(k, str) and k.isprintable() else repr(k) for k in unknown)
             raise DataError(path, f"unknown key(s) {', '.join(names)}", field=names[0],
-                            fix="use blocked_phrases, required and forbidden_patterns")
+                            fix="use blocked_phrases, allow, required and forbidden_patterns")
 
         def line_of(*keys) -> int | None:
             node = root
@@ -151,10 +219,13 @@ class BusinessRules:
                 raise DataError(path, f"invalid regular expression: {err}", line=line_of(*keys), field=where,
                                 fix="escape special characters such as ( [ + ? with a backslash") from None
 
-        blocked = data.get("blocked_phrases") or []
-        if not isinstance(blocked, list) or not all(isinstance(p, str) and p.strip() for p in blocked):
-            raise DataError(path, "must be a list of non-empty strings", line=line_of("blocked_phrases"),
-                            field="blocked_phrases", fix="write one phrase per list item")
+        phrase_lists = {}
+        for key in ("blocked_phrases", "allow"):
+            items = data.get(key) or []
+            if not isinstance(items, list) or not all(isinstance(p, str) and p.strip() for p in items):
+                raise DataError(path, "must be a list of non-empty strings", line=line_of(key), field=key,
+                                fix="write one phrase per list item")
+            phrase_lists[key] = tuple(p.strip() for p in items)
         for key in ("required", "forbidden_patterns"):
             if not isinstance(data.get(key) or [], list):
                 raise DataError(path, "must be a list of rules", line=line_of(key), field=key,
@@ -183,4 +254,5 @@ class BusinessRules:
                                 fix="add name: and pattern:")
             forbidden.append(ForbiddenPattern(str(item["name"]), regex(item["pattern"], "forbidden_patterns", i, "pattern"),
                                               str(item.get("description", ""))))
-        return cls(tuple(p.strip() for p in blocked), tuple(required), tuple(forbidden), str(path))
+        return cls(phrase_lists["blocked_phrases"], tuple(required), tuple(forbidden), str(path),
+                   allow=phrase_lists["allow"])

@@ -129,7 +129,7 @@ forbidden_patterns:
     assert rules.violations("Your refund is on its way") == ["refund_time_frame"]
     assert rules.violations("Your refund arrives in 5 days") == []
     assert rules.violations("A guaranteed return! Card 4111 1111 1111 1111") == ["blocked_phrase", "card"]
-    assert rules.scrub("a Guaranteed Return today") == "a today"
+    assert rules.violations("an unguaranteed return") == []  # whole words: a longer word is not the phrase
 
 
 def test_blocked_phrase_is_never_generated(tmp_path):
@@ -151,7 +151,7 @@ def test_blocked_phrase_is_never_generated(tmp_path):
     model.eval()
     context = [Turn("user", "where is my parcel"), Turn("agent", "it arrives in 2 days"), Turn("user", "thanks")]
     reply = model.reply_to(context, domain="shop")
-    assert blocked not in reply.lower()
+    assert model.rules.violations(reply) == []  # whole words: it may escape into a longer word, never the phrase
     unblocked = ReplyGenerator(backbone="gpt", pretrained=False, model_size="tiny", tokenizer_path=dm.tokenizer_path,
                                max_new_tokens=12, no_repeat_ngram_size=0)
     unblocked.load_state_dict(model.state_dict())

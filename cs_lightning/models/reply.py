@@ -9,7 +9,9 @@ import torch
 from torch import nn
 from torchmetrics import MeanMetric, SumMetric
 from torchmetrics.text import CHRFScore, ROUGEScore, SacreBLEUScore
+from transformers import LogitsProcessorList
 
+from cs_lightning.constraints import blocked_phrases_processor
 from cs_lightning.models.base import BackboneModule
 from cs_lightning.prompts import ReplyPrompt, join_cjk
 from cs_lightning.rules import BusinessRules
@@ -136,7 +138,10 @@ class ReplyGenerator(BackboneModule):
         self._samples: list[tuple[str, str, str]] = []
 
     def _bad_words_ids(self) -> list[list[int]]:
-        """Token sequences of every blocked phrase, in the spellings a reply may use."""
+        """Token sequences of every blocked phrase, in the spellings a reply may use: for exports, whose
+        ``generation_config.json`` can only carry token sequences (plain ``generate`` then blocks these spellings;
+        this package's own generation uses :class:`~cs_lightning.constraints.BlockedPhrases`, which blocks every
+        spelling)."""
         variants = set()
         for phrase in self.rules.blocked_phrases:
             for form in {phrase, phrase.lower(), phrase.capitalize()}:
@@ -163,19 +168,24 @@ class ReplyGenerator(BackboneModule):
         """Decoded replies for a batch of prompts (left-padded for causal models)."""
         hp = self.hparams
         tok = self.tokenizer
+        processors = LogitsProcessorList()
+        if self.rules.blocked:  # checked on the decoded text: holds however the tokenizer splits the phrase
+            processors.append(blocked_phrases_processor(
+                self.rules.blocked, tok, prompt_length=input_ids.shape[1] if self.causal else 1,
+                max_new_tokens=hp.max_new_tokens, eos_token_ids=tok.eos_token_id, num_beams=hp.num_beams))
         with self.eager():
             out = self.model.generate(
                 input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=hp.max_new_tokens,
                 num_beams=hp.num_beams, do_sample=False, no_repeat_ngram_size=hp.no_repeat_ngram_size or None,
                 repetition_penalty=hp.repetition_penalty, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                bad_words_ids=self.bad_words_ids or None)
+                logits_processor=processors)
         if self.causal:
             out = out[:, input_ids.shape[1]:]
         texts = tok.batch_decode(out, skip_special_tokens=True)
         texts = [" ".join(t.split()) for t in texts]
         if hp.language == "zh":
             texts = [join_cjk(t) for t in texts]
-        return [self.rules.scrub(t) for t in texts]
+        return texts  # as generated: the rules are measured on these, nothing repairs them afterwards
 
     def _evaluate(self, batch: dict, stage: str, metrics: GenerationMetrics) -> None:
         if "labels" in batch:  # loss and perplexity on every example
