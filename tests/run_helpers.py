@@ -22,15 +22,17 @@ class SignalAt(Callback):
 
 
 class RecordBatches(Callback):
-    """Appends ``{"step", "epoch", "ids"}`` of every training batch to a JSON Lines file (across resumes)."""
+    """Appends ``{"step", "epoch", "rank", "ids", "padding"}`` of every training batch to a JSON Lines file (across
+    resumes); ``padding`` marks the rows that only fill a short last batch (all false from a collator without it)."""
 
     def __init__(self, path: str):
         self.path = path
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        padding = batch["padding"].tolist() if "padding" in batch else [False] * len(batch["ids"])
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps({"step": trainer.global_step, "epoch": trainer.current_epoch, "rank": trainer.global_rank,
-                                "ids": list(batch["ids"])}) + "\n")
+                                "ids": list(batch["ids"]), "padding": padding}) + "\n")
 
 
 class NaNAt(Callback):

@@ -3,7 +3,9 @@ every run that needs one (two ranks, a signal, a resume in a new process); the s
 compared with run in-process.
 
 - validating one checkpoint on 1 and on 2 ranks, with an odd-sized validation set, gives the same metrics;
-- 2 ranks at batch B/2 train to the same weights as 1 rank at batch B;
+- 2 ranks at batch B/2 train to the same weights as 1 rank at batch B, for intents (class weights, label smoothing)
+  and replies (a token mean), with an odd-sized training split whose short last batch is filled with repeats that
+  train nothing: no sample trains twice in an epoch;
 - two epochs straight equal one epoch + resume with ``--ckpt_path last`` in a new process;
 - SIGTERM / SIGUSR1 mid-epoch save ``last.ckpt`` and exit cleanly; the resumed run takes the right number of steps
   and sees every sample of the interrupted epoch exactly once;
@@ -30,12 +32,13 @@ NO_DROPOUT = "--model.config_overrides={hidden_dropout_prob: 0.0, attention_prob
 WORDS = "please today again now my the order account card parcel refund money back help urgent".split()
 
 
-def data_files(folder: Path, n_train: int = 48, n_val: int = 25) -> dict:
-    """Three intents, messages of uneven length (so length grouping matters), an odd-sized validation set."""
+def data_files(folder: Path, n_train: int = 48, n_val: int = 25, cycle: tuple = (0, 1, 2)) -> dict:
+    """Three intents, messages of uneven length (so length grouping matters), an odd-sized validation set; the
+    labels follow ``cycle`` (class indices; an uneven one makes imbalanced data)."""
     stems = {"refund": "i want a refund", "delivery": "where is my parcel", "login": "i cannot log in"}
     rows = []
     for i in range(n_train + n_val):
-        label = list(stems)[i % 3]
+        label = list(stems)[cycle[i % len(cycle)]]
         extra = " ".join(WORDS[(i * 7 + j) % len(WORDS)] for j in range(i % 9))
         rows.append(f"{stems[label]} {extra}".strip() + f",{label}")
     files = {"train": write(folder / "train.csv", "text,label\n" + "\n".join(rows[:n_train]) + "\n"),
@@ -125,16 +128,75 @@ def test_validation_metrics_are_the_same_on_one_and_two_ranks(tmp_path):
     assert 0.5 < one["val/acc"] < 1  # a trained, imperfect model: equal metrics are not a constant prediction
 
 
+def assert_same_weights(a: dict, b: dict) -> None:
+    """The same weights: 1e-5 apart relative to their size, and no weight more than 2e-6 apart. (The furthest apart,
+    ~5e-7, are attention key biases: they get no gradient, and Adam turns their rounding noise into steps.)"""
+    assert a.keys() == b.keys()
+    keys = [k for k in a if a[k].is_floating_point()]
+    apart = {k: float((a[k].float() - b[k].float()).abs().max()) for k in keys}
+    relative = (sum(float((a[k].float() - b[k].float()).norm()) ** 2 for k in keys)
+                / sum(float(b[k].float().norm()) ** 2 for k in keys)) ** 0.5
+    worst = max(apart, key=apart.get)
+    assert relative < 1e-5 and apart[worst] < 2e-6, f"{relative=:.2e}; {worst} {apart[worst]:.2e} apart"
+
+
+def trained_ids(record: Path) -> dict:
+    """{epoch: ids of the rows trained in it (padding rows left out), over every rank}."""
+    epochs: dict = {}
+    for row in map(json.loads, record.read_text().splitlines()):
+        epochs.setdefault(row["epoch"], []).extend(i for i, pad in zip(row["ids"], row["padding"]) if not pad)
+    return epochs
+
+
+@pytest.mark.filterwarnings("ignore:.*could not find the monitored key")  # no validation: not what is compared
 def test_two_ranks_at_half_batch_train_like_one_rank(tmp_path):
-    files = data_files(tmp_path / "data")
-    in_process("fit", base_args(files, "one", "--trainer.max_epochs=2", "--data.batch_size=8"))
-    cs_train("fit", base_args(files, "two", "--trainer.max_epochs=2", "--data.batch_size=4", "--trainer.devices=2",
-                              "--trainer.strategy=ddp"))
+    """Odd-sized imbalanced data (47 examples: the short global batch of 8 has 7, 4 + 3 on two ranks), class weights
+    and label smoothing: every global batch's weight falls unevenly between the ranks, and the loss is still the
+    global batch's (issue 15)."""
+    files = data_files(tmp_path / "data", n_train=47, cycle=(0, 0, 0, 1, 2))
+    record = tmp_path / "batches.jsonl"
+    loss = ["--model.class_weights=true", "--model.label_smoothing=0.1", "--trainer.max_epochs=2",
+            "--trainer.limit_val_batches=0"]
+    in_process("fit", base_args(files, "one", *loss, "--data.batch_size=8"))
+    cs_train("fit", base_args(files, "two", *loss, "--data.batch_size=4", "--trainer.devices=2",
+                              "--trainer.strategy=ddp", "--trainer.callbacks+=run_helpers.RecordBatches",
+                              f"--trainer.callbacks.path={record}"))
     one, two = weights(Path("logs/one/checkpoints/last.ckpt")), weights(Path("logs/two/checkpoints/last.ckpt"))
-    assert max_difference(one, two) < 1e-4
+    assert_same_weights(two, one)
+    epochs = trained_ids(record)  # every sample once an epoch: the repeat that evens the ranks out trains nothing
+    assert sorted(epochs) == [0, 1] and all(sorted(ids) == sorted(f"train.csv:{i}" for i in range(2, 49))
+                                            for ids in epochs.values())
     # the comparison can tell batches apart: one rank at B/2 ends elsewhere
-    in_process("fit", base_args(files, "half", "--trainer.max_epochs=2", "--data.batch_size=4"))
+    in_process("fit", base_args(files, "half", *loss, "--data.batch_size=4"))
     assert max_difference(one, weights(Path("logs/half/checkpoints/last.ckpt"))) > 1e-3
+
+
+DIALOGUES = Path(__file__).resolve().parents[1] / "cs_lightning/data/demo/ecommerce/dialogues/en/train.jsonl"
+
+
+@pytest.mark.filterwarnings("ignore:.*could not find the monitored key")
+def test_two_ranks_at_half_batch_train_replies_like_one_rank(tmp_path):
+    """A tiny GPT on 8 demo dialogues (25 replies, batch 8 = 2 x 4): the loss is the mean over the reply tokens of
+    the global batch, which fall unevenly between the ranks at every step; the short global batch holds one reply,
+    so one rank trains only a repeat, which must count for nothing."""
+    train = write(tmp_path / "data" / "dialogues.jsonl", "".join(DIALOGUES.read_text().splitlines(True)[:8]))
+    args = ["--model", "cs_lightning.models.ReplyGenerator", "--model.backbone=gpt", "--model.pretrained=false",
+            "--model.model_size=tiny", "--model.learning_rate=0.003",
+            "--model.config_overrides={resid_pdrop: 0.0, embd_pdrop: 0.0, attn_pdrop: 0.0}",
+            "--data", "cs_lightning.data.DialogueDataModule", f"--data.train_file={train}", "--data.val_fraction=0",
+            "--data.tokenizer_vocab_size=300", "--data.max_context_tokens=48", "--seed_everything=7",
+            "--trainer.max_epochs=2", "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false",
+            "--trainer.enable_model_summary=false", "--trainer.log_every_n_steps=1"]
+    record = tmp_path / "batches.jsonl"
+    in_process("fit", [*args, "--data.batch_size=8", "--trainer.devices=1", "--experiment=one"])
+    cs_train("fit", [*args, "--data.batch_size=4", "--trainer.devices=2", "--trainer.strategy=ddp",
+                     "--trainer.callbacks+=run_helpers.RecordBatches", f"--trainer.callbacks.path={record}",
+                     "--experiment=two"])
+    one, two = weights(Path("logs/one/checkpoints/last.ckpt")), weights(Path("logs/two/checkpoints/last.ckpt"))
+    assert_same_weights(two, one)
+    epochs = trained_ids(record)
+    assert sorted(epochs) == [0, 1] and all(len(ids) == len(set(ids)) == 25 for ids in epochs.values())
+    assert any(all(row["padding"]) for row in map(json.loads, record.read_text().splitlines()))
 
 
 def test_resume_in_a_new_process_continues_exactly(tmp_path, straight):

@@ -9,12 +9,20 @@ import torch
 from torch.utils.data import BatchSampler, Dataset, Sampler
 
 
+class Repeat(int):
+    """The index of a sample repeated to fill a short last training batch (see :class:`LengthGroupedBatchSampler`):
+    it loads as that sample, marked ``padding`` so that it trains nothing. An ``int`` to every other reader."""
+
+    __slots__ = ()
+
+
 class TokenizedDataset(Dataset):
     """Token ids of one split, stored flat (one int32 tensor plus offsets), with labels and record ids.
 
     Reply data adds ``target_ids``/``target_offsets`` (the reply, for sequence-to-sequence models) and
     ``prompt_lengths`` (for causal models, where the input is prompt + reply), and per-item ``extras`` (reference
-    text, context turns) that generation and evaluation read.
+    text, context turns) that generation and evaluation read. Every item has ``padding``: True for a
+    :class:`Repeat` index (a repeated sample that fills a short training batch and must not train).
     """
 
     def __init__(self, encoded: dict, labels: Sequence[int] | None, ids: Sequence[str],
@@ -35,7 +43,8 @@ class TokenizedDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         enc = self.encoded
-        item = {"input_ids": self._slice(enc["input_ids"], self.offsets, i), "id": self.record_ids[i]}
+        item = {"input_ids": self._slice(enc["input_ids"], self.offsets, i), "id": self.record_ids[i],
+                "padding": isinstance(i, Repeat)}
         if "token_type_ids" in enc:
             item["token_type_ids"] = self._slice(enc["token_type_ids"], self.offsets, i)
         if "target_ids" in enc:
@@ -75,9 +84,11 @@ class LengthGroupedBatchSampler(BatchSampler):
 
     Distributed: every rank builds the same global batches of ``batch_size * num_replicas`` samples (same seed and
     epoch) and takes its slice, so 2 ranks at batch B/2 see exactly the batches 1 rank sees at batch B. Training
-    pads a short last global batch by repeating samples, so every rank takes the same number of steps (DDP needs
-    that); evaluation never repeats or drops a sample: a short last batch is shared out unevenly (a rank may get
-    one batch fewer, which evaluation tolerates because metrics are synchronised once, at the end).
+    shares a short last global batch out in equal parts, filled up with repeated samples, so every rank takes the
+    same number of steps (DDP needs that); the repeats come as :class:`Repeat` indices, which the dataset marks
+    ``padding`` and the models leave out of the loss (no sample trains twice in an epoch). Evaluation never repeats
+    or drops a sample: a short last batch is shared out unevenly (a rank may get one batch fewer, which evaluation
+    tolerates because metrics are synchronised once, at the end).
 
     Lightning's distributed-sampler injection is understood rather than fought: it re-creates this class with
     ``sampler=DistributedSampler(...)``, from which only the rank and the number of ranks are read.
@@ -147,10 +158,12 @@ class LengthGroupedBatchSampler(BatchSampler):
                 out.append(batch.tolist())
             elif len(batch) == self.batch_size * self.num_replicas:
                 out.append(batch[self.rank * self.batch_size:(self.rank + 1) * self.batch_size].tolist())
-            elif self.shuffle:  # training: share a short batch out evenly, repeating samples, so ranks stay in step
+            elif self.shuffle:  # training: share a short batch out evenly, filled up with repeats (ranks keep in step)
                 per_rank = math.ceil(len(batch) / self.num_replicas)
                 padded = batch.repeat(math.ceil(per_rank * self.num_replicas / len(batch)))[: per_rank * self.num_replicas]
-                out.append(padded[self.rank * per_rank:(self.rank + 1) * per_rank].tolist())
+                start = self.rank * per_rank
+                out.append([i if start + k < len(batch) else Repeat(i)
+                            for k, i in enumerate(padded[start:start + per_rank].tolist())])
             else:  # evaluation: every sample exactly once; a rank left without samples gets no batch
                 mine = batch[self.rank::self.num_replicas].tolist()
                 if mine:
@@ -230,6 +243,11 @@ def pad(rows: Sequence[torch.Tensor], value: int, multiple: int | Sequence[int] 
     return out, mask
 
 
+def _padding(samples: list[dict]) -> torch.Tensor:
+    """Which rows repeat a sample only to fill a short training batch (True: no loss, no gradient)."""
+    return torch.tensor([bool(s.get("padding", False)) for s in samples], dtype=torch.bool)
+
+
 class PadCollator:
     """Pads a list of samples to the longest one (rounded up to ``pad_to_multiple_of``) and builds the mask.
 
@@ -244,7 +262,8 @@ class PadCollator:
 
     def __call__(self, samples: list[dict]) -> dict:
         input_ids, attention_mask = pad([s["input_ids"] for s in samples], self.pad_token_id, self.pad_to_multiple_of)
-        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "ids": [s["id"] for s in samples]}
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "ids": [s["id"] for s in samples],
+                 "padding": _padding(samples)}
         if "token_type_ids" in samples[0]:
             batch["token_type_ids"] = pad([s["token_type_ids"] for s in samples], 0, self.pad_to_multiple_of)[0]
         if "labels" in samples[0]:
@@ -291,4 +310,5 @@ class ReplyCollator:
             labels, mask = pad([s["target_ids"] for s in samples], self.pad_token_id, self.multiple)
             labels = labels.masked_fill(mask == 0, self.IGNORE)
         batch["labels"] = labels
+        batch["padding"] = _padding(samples)
         return batch

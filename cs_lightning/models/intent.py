@@ -8,7 +8,7 @@ from torch import nn
 from torchmetrics import MeanMetric, SumMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
 
-from cs_lightning.distributed import gather_lists, gather_rows
+from cs_lightning.distributed import gather_lists, gather_rows, global_mean
 from cs_lightning.errors import ConfigError
 from cs_lightning.models.base import BackboneModule
 
@@ -187,8 +187,17 @@ class IntentClassifier(BackboneModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         logits = self(**self.model_inputs(batch))
-        loss = self._loss(logits, batch["labels"])
-        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(batch["labels"]))
+        labels = batch["labels"]
+        if "padding" in batch:  # samples repeated to fill a short last batch train nothing
+            labels = labels.masked_fill(batch["padding"], -100)
+        # cross_entropy's mean divides the summed losses by the summed class weights of the examples with a class;
+        # here both sums run over the whole global batch: on any number of ranks, the gradient of one rank
+        losses = self._loss(logits, labels, reduction="none")  # 0 for examples without a class (and padding)
+        known = (labels >= 0) & (labels < logits.shape[-1])
+        weights = (self.loss_weights[labels.clamp(0, logits.shape[-1] - 1)] if self.loss_weights is not None
+                   else torch.ones_like(losses))
+        loss, mean = global_mean(losses.sum(), torch.where(known, weights, torch.zeros_like(weights)).sum())
+        self.log("train/loss", mean, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(labels))
         return loss
 
     def _evaluate(self, batch: dict, stage: str) -> None:

@@ -12,6 +12,7 @@ from torchmetrics.text import CHRFScore, ROUGEScore, SacreBLEUScore
 from transformers import LogitsProcessorList
 
 from cs_lightning.constraints import blocked_phrases_processor
+from cs_lightning.distributed import global_mean
 from cs_lightning.models.base import BackboneModule
 from cs_lightning.prompts import ReplyPrompt, join_cjk
 from cs_lightning.rules import BusinessRules
@@ -158,9 +159,33 @@ class ReplyGenerator(BackboneModule):
         return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, use_cache=False)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = self(batch["input_ids"], batch["attention_mask"], batch["labels"]).loss
-        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(batch["ids"]))
+        labels = batch["labels"]
+        if "padding" in batch:  # samples repeated to fill a short last batch train nothing
+            labels = labels.masked_fill(batch["padding"][:, None], -100)
+        total, tokens = self.token_loss_sum(batch["input_ids"], batch["attention_mask"], labels)
+        # a mean over the reply tokens of the whole global batch, as one rank computes it, whatever each rank holds
+        loss, mean = global_mean(total, tokens)
+        self.log("train/loss", mean, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(batch["ids"]))
         return loss
+
+    def token_loss_sum(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                       labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The summed cross-entropy of the reply tokens and their number (labels other than -100), which the
+        Hugging Face loss would divide: causal models predict each label from the tokens before it; sequence-to-
+        sequence decoders read the labels shifted right, as when ``labels`` are given to the model."""
+        if self.causal:
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+            # the label of position t is token t+1; padded on the right rather than slicing the logits (no copy)
+            targets = nn.functional.pad(labels, (0, 1), value=-100)[:, 1:]
+        else:
+            base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+            prepare = getattr(base, "prepare_decoder_input_ids_from_labels", None)
+            inputs = {"decoder_input_ids": prepare(labels=labels)} if prepare else {"labels": labels}
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **inputs).logits
+            targets = labels
+        total = nn.functional.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100,
+                                            reduction="sum")
+        return total, (targets != -100).sum()
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
