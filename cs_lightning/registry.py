@@ -16,7 +16,7 @@ from importlib.metadata import EntryPoint, entry_points
 
 from cs_lightning.backbones.base import Backbone
 from cs_lightning.errors import ConfigError
-from cs_lightning.pretrained import ModelSource, read_model_type, resolve_model
+from cs_lightning.pretrained import ModelSource, not_found, read_model_type, resolve_model
 
 GROUP = "cs_lightning.backbones"
 AUTO = "auto"  # model.backbone: auto, the plugin made for the weights' model type, else the generic family
@@ -89,7 +89,9 @@ def _weights_type(source: ModelSource) -> str | None:
 
         try:
             found = AutoConfig.from_pretrained(source.path).model_type
-        except (OSError, ValueError):  # unreachable, or a model type this transformers does not know
+        except OSError as err:  # the hub could not be reached: say so, naming the model, not "no model_type"
+            raise not_found(source.name, ["Hugging Face cache", f"hub ({str(err).splitlines()[0][:120]})"]) from None
+        except ValueError:  # a model type this transformers does not know
             return None
     return found
 

@@ -1,4 +1,5 @@
-"""The few lines ``cs-train fit`` ends with: where the best and last checkpoints are, how long it took, what next."""
+"""The lines ``cs-train fit`` starts with (parameters and the memory they take) and the few it ends with: where the
+best and last checkpoints are, how long it took, what next."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ from pathlib import Path
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_info
+
+from cs_lightning.models.memory import estimate_memory
 
 
 def _shown(path: str | os.PathLike) -> str:
@@ -25,9 +29,21 @@ def _duration(seconds: float) -> str:
     return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
 
 
+def sharded_over(trainer: pl.Trainer) -> int:
+    """The devices a sharding strategy (FSDP, DeepSpeed, model parallel) splits the weights over; 1 for the others
+    (one device, DDP: every device holds them all)."""
+    from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
+
+    sharding = isinstance(trainer.strategy, (FSDPStrategy, DeepSpeedStrategy, ModelParallelStrategy))
+    return max(1, trainer.world_size) if sharding else 1
+
+
 class FitSummary(Callback):
-    """Prints a short summary when ``fit`` ends, on rank zero only: the wall time, the best checkpoint with the
-    monitored metric and its value, the last checkpoint, and the commands to run next (test, export, TensorBoard).
+    """Prints, on rank zero only, two lines when ``fit`` starts: trainable and total parameters, and an estimate of
+    the memory that weights, gradients and AdamW state take in the run's precision
+    (:func:`cs_lightning.models.memory.estimate_memory`; activations not included); and a short summary when ``fit``
+    ends: the wall time, the best checkpoint with the monitored metric and its value, the last checkpoint, and the
+    commands to run next (test, export, TensorBoard).
 
     A run without a checkpoint callback or without checkpoints on disk says so instead, a ``fast_dev_run`` names no
     checkpoint (it checks the loop; Lightning 2.6 still writes a ``last.ckpt`` of its one step), and a run stopped
@@ -50,6 +66,13 @@ class FitSummary(Callback):
         if stage != "fit":
             return
         self._start = time.monotonic()
+        # at setup: after the freezing callbacks' setup (cs-train adds this callback after the config's), before
+        # a sharding strategy splits the parameters; the precision plugin converts the module later, and the
+        # estimate counts each parameter in the dtype that conversion gives it
+        estimate = estimate_memory(pl_module, trainer.precision)
+        if estimate.total:  # a module that builds its layers in configure_model has none yet: nothing to say
+            for line in estimate.lines(shards=sharded_over(trainer)):
+                rank_zero_info(line)
         # found here, on every rank: trainer.log_dir broadcasts, so rank zero alone may not ask for it at the end
         from lightning.pytorch.cli import SaveConfigCallback
 

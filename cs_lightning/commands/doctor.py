@@ -7,6 +7,13 @@ forward and backward pass of a tiny random BERT classifier (on the CPU, and on t
 Hard failures (torch or cs-lightning not importable, the log folder not writable, the tiny pass failing) exit 1;
 everything else is a warning and exits 0, so a CPU-only laptop passes. Each check is isolated: one that crashes
 becomes its own row with the error, and the others still run. ``--json`` prints only JSON on stdout.
+
+``cs-doctor --config X.yaml [cs-train fit options]`` checks a training config instead: it parses it as ``cs-train fit``
+does, builds the model on the meta device (shapes from the config.json, no weights loaded), prints its trainable and
+total parameters and the memory its weights, gradients and AdamW state take in the config's precision
+(:func:`cs_lightning.models.memory.estimate_memory`), and compares that with the free memory of each GPU the run would
+use. Exit 0: it fits, or there is no GPU to compare with; 1: it does not fit on some GPU (or the config asks for
+GPUs this machine lacks); 2: the config is wrong (one line, as cs-train says it).
 """
 
 from __future__ import annotations
@@ -573,8 +580,196 @@ def print_table(rows: list[CheckResult]) -> None:
         console.print(Text(f"cs-lightning can run here; {warns} warning(s).", style="green"))
 
 
+# ---------------------------------------------------------------------------------------------------- a config
+FITS_FIX = ("these need less: --trainer.precision bf16-true (2-byte weights, gradients and AdamW state), adapters "
+            "(--model.peft '{method: lora}'), or a sharding strategy over several GPUs (configs/trainer/fsdp.yaml)")
+
+
+def _build_on_meta(class_type, *args, **kwargs):
+    """jsonargparse instantiator for LightningModules: the model on the meta device (parameters with shapes and
+    dtypes, no memory) and from its config only (``pretrained: false``: the same architecture and dtype, as
+    transformers builds both from the config.json, without reading the weights)."""
+    import inspect
+
+    import torch
+
+    try:
+        takes = inspect.signature(class_type).parameters
+    except (TypeError, ValueError):
+        takes = {}
+    if "pretrained" in takes:
+        kwargs["pretrained"] = False
+    with torch.device("meta"):
+        return class_type(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def _quiet_lightning() -> Iterator[None]:
+    """Lightning's and cs-lightning's info lines (seed, "random initialisation"...) are about a training run: not
+    shown while the model is only measured. Warnings still show."""
+    import logging
+
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            # cs-doctor hands LightningCLI its own arguments (it runs from the console, where sys.argv holds them)
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def build_from_config(args: list[str]):
+    """Parse ``args`` exactly as ``cs-train fit`` parses them (its CLI class, its one-line errors) and instantiate the
+    data module and the model (on the meta device, from the config only); no trainer.
+
+    Returns:
+        The CLI object: ``.model``, ``.datamodule``, ``.config`` (parsed), ``.config_init`` (instantiated).
+    """
+    from lightning.pytorch import LightningModule
+
+    from cs_lightning.commands.train import CSLightningCLI
+
+    class MeasuringCLI(CSLightningCLI):
+        def instantiate_classes(self) -> None:
+            self.parser.add_instantiator(_build_on_meta, LightningModule, subclasses=True, prepend=True)
+            super().instantiate_classes()
+
+        def instantiate_trainer(self, **kwargs):
+            return None
+
+    with _quiet_lightning():
+        return MeasuringCLI(args=args, run=False)
+
+
+def _gpu_indices(devices, count: int) -> list[int]:
+    """The CUDA devices ``trainer.devices`` picks among ``count`` visible ones: all for auto/-1, the first N for a
+    number, the listed ones for a list or "0,2"."""
+    if devices in (None, "auto", -1, "-1"):
+        return list(range(count))
+    if isinstance(devices, str):
+        text = devices.strip().strip("[]")
+        if "," in text:
+            return [int(part) for part in text.split(",") if part.strip()]
+        devices = int(text)
+    if isinstance(devices, (list, tuple)):
+        return [int(d) for d in devices]
+    return list(range(int(devices)))
+
+
+def _is_sharding(strategy) -> bool:
+    """Whether ``trainer.strategy`` (a name, a class_path section or an instance) splits the weights over devices."""
+    if strategy is None:
+        return False
+    if isinstance(strategy, str):
+        text = strategy
+    elif hasattr(strategy, "get"):  # a class_path section
+        text = str(strategy.get("class_path", ""))
+    else:
+        text = type(strategy).__name__
+    return any(name in text.lower() for name in ("fsdp", "deepspeed", "modelparallel"))
+
+
+def compare_with_gpus(needed_total: int, trainer_cfg) -> tuple[list[dict], Optional[bool], list[str], int]:
+    """Compare the estimate with the free memory of the GPUs the config's trainer would use.
+
+    Args:
+        needed_total: bytes of weights, gradients and optimizer state of the whole model.
+        trainer_cfg: the parsed ``trainer`` section.
+
+    Returns:
+        ``(rows, fits, lines, shards)``: one row per GPU (``device``, ``name``, ``total``, ``free``, ``needed``,
+        ``fits``), whether the model fits on all of them (None: no GPU compared; False too when the config asks
+        for GPUs the machine lacks), the lines to print, and the
+        devices a sharding strategy splits the model over (1 without one).
+    """
+    import torch
+
+    from cs_lightning.models.memory import format_bytes
+
+    get = trainer_cfg.get if hasattr(trainer_cfg, "get") else (lambda key, default=None: default)
+    accelerator = str(get("accelerator", "auto") or "auto")
+    if accelerator not in ("auto", "gpu", "cuda"):
+        where = "the CPU" if accelerator == "cpu" else accelerator
+        return [], None, [f"GPU: not compared: the config trains on {where} (trainer.accelerator: {accelerator})"], 1
+    if not torch.cuda.is_available():
+        return [], None, ["GPU: none found (CUDA not available): nothing to compare with; on this machine the run "
+                          "would train on the CPU"], 1
+    count = torch.cuda.device_count()
+    try:
+        indices = _gpu_indices(get("devices", "auto"), count)
+    except (TypeError, ValueError):
+        indices = list(range(count))
+    missing = [i for i in indices if i >= count]
+    indices = [i for i in indices if i < count]
+    nodes = int(get("num_nodes", 1) or 1)
+    shards = max(1, len(indices) * nodes) if _is_sharding(get("strategy")) else 1
+    needed = -(-needed_total // shards)
+    rows, lines = [], []
+    if missing:
+        lines.append(f"GPU: the config asks for cuda:{', cuda:'.join(map(str, missing))}, which this machine does not "
+                     f"have ({count} GPU{'s' * (count != 1)} found): Lightning will refuse to start")
+    for index in indices:
+        free, total = torch.cuda.mem_get_info(index)
+        name = torch.cuda.get_device_name(index)
+        fits = needed <= free
+        rows.append({"device": f"cuda:{index}", "name": name, "total": int(total), "free": int(free),
+                     "needed": int(needed), "fits": fits})
+        where = f"GPU cuda:{index} {name}: {format_bytes(total)}, {format_bytes(free)} free"
+        if fits:
+            lines.append(f"{where}: fits, {format_bytes(free - needed)} left for activations")
+        else:
+            lines.append(f"{where}: does not fit, {format_bytes(needed - free)} short ({FITS_FIX})")
+    fits = False if missing else all(row["fits"] for row in rows) if rows else None
+    return rows, fits, lines, shards
+
+
+def check_config(args: list[str], as_json: bool) -> int:
+    """``cs-doctor --config``: build the config's model without weights, print the estimate, compare with the GPUs.
+
+    Returns:
+        The exit code: 0 fits or no GPU compared, 1 does not fit.
+    """
+    from lightning.pytorch.callbacks import BaseFinetuning
+
+    from cs_lightning.models.memory import estimate_memory
+
+    with _stdout_to_stderr() if as_json else contextlib.nullcontext():
+        cli = build_from_config(args)
+    config = cli.config
+    trainer_cfg = config.get("trainer") or {}
+    precision = trainer_cfg.get("precision") if hasattr(trainer_cfg, "get") else None
+    estimate = estimate_memory(cli.model, precision)
+    rows, fits, gpu_lines, shards = compare_with_gpus(estimate.bytes, trainer_cfg)
+    model = config.model.class_path if hasattr(config.get("model"), "get") else type(cli.model).__name__
+    init = (config.model.get("init_args") or {}) if hasattr(config.get("model"), "get") else {}
+    family = init.get("model_type") or init.get("backbone") or ""
+    source = init.get("model_name_or_path") or f"the '{init.get('model_size', '?')}' {family} config, from scratch"
+    callbacks = (cli.config_init.get("trainer") or {}).get("callbacks") or []
+    freezing = [type(c).__name__ for c in callbacks if isinstance(c, BaseFinetuning)]
+    notes = [f"{', '.join(freezing)} freezes blocks once fit starts: counted here as when every block trains"] \
+        if freezing else []
+    if as_json:
+        print(json.dumps({"config": [str(getattr(c, "relative", None) or c) for c in config.get("config") or []],
+                          "model": model, "model_name_or_path": init.get("model_name_or_path"),
+                          **estimate.as_dict(), "shards": shards, "gpus": rows, "fits": fits,
+                          "lines": estimate.lines(shards=shards) + notes + gpu_lines},
+                         indent=2))
+    else:
+        name = model.rpartition(".")[2]
+        print(f"{name} on {source} (built from its config on the meta device: no weights loaded)")
+        for line in estimate.lines(shards=shards) + notes + gpu_lines:
+            print(line)
+    return 1 if fits is False else 0
+
+
 def main(argv: Optional[list[str]] = None) -> None:
-    """Run the checks and print the report; exits 1 on a hard failure, else 0.
+    """Run the checks and print the report; exits 1 on a hard failure, else 0. With ``--config``, check a training
+    config's memory instead (:func:`check_config`).
 
     Args:
         argv: command-line arguments (default: ``sys.argv[1:]``).
@@ -582,15 +777,33 @@ def main(argv: Optional[list[str]] = None) -> None:
     Raises:
         SystemExit: always, with the exit code.
     """
-    parser = argparse.ArgumentParser(prog="cs-doctor", description="Check that this machine can run cs-lightning, "
-                                     "and say how to fix what is missing. Exits 1 on a hard failure.")
+    parser = argparse.ArgumentParser(
+        prog="cs-doctor", allow_abbrev=False,
+        description="Check that this machine can run cs-lightning, and say how to fix what is missing. Exits 1 on a "
+                    "hard failure. With --config: check whether a cs-train config fits on this machine's GPUs.")
     parser.add_argument("--json", action="store_true",
-                        help='print only JSON on stdout: {"checks": [{"name", "status", "value", "fix"}], "ok"}')
+                        help='print only JSON on stdout: {"checks": [{"name", "status", "value", "fix"}], "ok"}; '
+                             "with --config, the parameters, bytes and GPUs")
     parser.add_argument("--log-dir", type=Path, default=Path("logs"),
                         help="the log folder to check (created when missing; default: logs)")
-    args = parser.parse_args(argv)
-    options = Options(log_dir=args.log_dir)
+    parser.add_argument("-c", "--config", action="append", metavar="FILE",
+                        help="instead of the machine checks: build the model of this cs-train fit config without its "
+                             "weights, print trainable and total parameters and the memory for weights, gradients and "
+                             "AdamW state in the config's precision (activations not included), and compare it with "
+                             "the free memory of each GPU the run would use. Any cs-train fit option may follow "
+                             "(--model.peft '{method: lora}', --trainer.precision bf16-true...). Exit 0: fits, or no "
+                             "GPU to compare with; 1: does not fit (or the config asks for GPUs this machine lacks); "
+                             "2: the config or an option is wrong")
+    given = list(sys.argv[1:] if argv is None else argv)
+    args, rest = parser.parse_known_args(given)
+    if args.config:  # the config's own arguments, in their order (a later --config or option overrides)
+        from cs_lightning.commands import run_command
 
+        run_command("cs-doctor", lambda: check_config([a for a in given if a != "--json"], args.json))
+        return
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)} (cs-train options need --config)")
+    options = Options(log_dir=args.log_dir)
     if args.json:
         with _stdout_to_stderr():
             rows = run_checks(options)

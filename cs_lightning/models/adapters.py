@@ -150,13 +150,16 @@ def check_targets(model: nn.Module, targets: list[str]) -> None:
                               "target_modules unset for the attention and MLP projections")
 
 
-def base_fingerprint(model: nn.Module, skip: list[str]) -> str:
+def base_fingerprint(model: nn.Module, skip: list[str]) -> str | None:
     """SHA-256 of the model's weights (names, dtypes, shapes and bytes, in name order), the modules in ``skip``
-    (the head, saved with the adapters) left out."""
+    (the head, saved with the adapters) left out; None for a model on the meta device (built only to be measured,
+    as ``cs-doctor --config`` does: it has shapes, no bytes)."""
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         if name.split(".")[0] in skip:
             continue
+        if tensor.is_meta:
+            return None
         flat = tensor.detach().to("cpu").contiguous().reshape(-1)
         digest.update(f"{name}|{flat.dtype}|{tuple(tensor.shape)};".encode())
         digest.update(flat.view(torch.uint8).numpy())
