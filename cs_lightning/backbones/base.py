@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 from typing import Any, ClassVar, NamedTuple
 
+import torch
 from torch import nn
 
 from cs_lightning.errors import ConfigError
@@ -164,8 +165,12 @@ class Backbone:
         auto = {"intent": "AutoModelForSequenceClassification", "causal": "AutoModelForCausalLM",
                 "seq2seq": "AutoModelForSeq2SeqLM"}[task if task == "intent" else self.reply_kind]
         auto = getattr(transformers, auto)
-        model = (auto.from_pretrained(source.path, config=config, trust_remote_code=trust_remote_code)
-                 if pretrained else auto.from_config(config, trust_remote_code=trust_remote_code))
+        # float32 whatever dtype the config names (transformers 5 would build Qwen's bf16 as bf16): the trainer's
+        # precision decides what the weights become (32-true and the mixed modes keep float32 master weights,
+        # *-true converts them), as for every other family
+        model = (auto.from_pretrained(source.path, config=config, trust_remote_code=trust_remote_code,
+                                      dtype=torch.float32)
+                 if pretrained else auto.from_config(config, trust_remote_code=trust_remote_code, dtype=torch.float32))
         if model.get_input_embeddings().num_embeddings < len(tokenizer):
             model.resize_token_embeddings(len(tokenizer))
         return model
