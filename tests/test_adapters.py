@@ -320,3 +320,39 @@ def test_gradient_checkpointing_gives_the_same_gradients(peft, shared, monkeypat
         grads.append({n: p.grad for n, p in module.named_parameters() if p.requires_grad})
     assert grads[0].keys() == grads[1].keys()
     assert all(grads[1][n] is not None and torch.allclose(grads[0][n], grads[1][n], atol=1e-6) for n in grads[0])
+
+
+# ------------------------------------------------------------------------------------------------ DDP, precision
+def test_adapters_on_two_ranks_at_half_batch_train_like_one_rank(straight, shared, tmp_path):
+    """LoRA under DDP (2 CPU ranks, gloo): only the adapters and the head hold gradients, and 2 ranks at B/2 end where
+    1 rank at B ends (the ``straight`` run), in a checkpoint that holds only what trains."""
+    from test_distributed import assert_same_weights, cs_train
+
+    cs_train("fit", fit_args(shared, "two", "--data.batch_size=2", "--trainer.devices=2", "--trainer.strategy=ddp",
+                             "--trainer.accelerator=cpu"), cache=shared / "cache")
+    one = torch.load(straight, map_location="cpu", weights_only=True)["state_dict"]
+    two = torch.load("logs/two/checkpoints/last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    assert all(any(mark in k for mark in ADAPTED) for k in two)  # adapters and head only
+    assert_same_weights(two, one)
+
+
+def test_adapters_train_and_resume_exactly_in_bf16_mixed(shared, tmp_path, monkeypatch):
+    """bf16-mixed (autocast on the CPU): the adapters keep float32 master weights, the loss falls, and a stop and
+    ``--ckpt_path last`` ends where a straight run ends."""
+    monkeypatch.setenv("CS_LIGHTNING_CACHE", str(shared / "cache"))
+    bf16 = ["--trainer.precision=bf16-mixed", "--trainer.accelerator=cpu"]
+    main(["fit", *fit_args(shared, "bf16", *bf16)])
+    stop = ["--trainer.callbacks+=run_helpers.SignalAt", "--trainer.callbacks.step=3"]
+    with pytest.raises(SystemExit):
+        main(["fit", *fit_args(shared, "bf16_resumed", *bf16, *stop)])
+    main(["fit", *fit_args(shared, "bf16_resumed", *bf16, "--ckpt_path=last")])
+    a = torch.load("logs/bf16/checkpoints/last.ckpt", map_location="cpu", weights_only=True)
+    b = torch.load("logs/bf16_resumed/checkpoints/last.ckpt", map_location="cpu", weights_only=True)
+    assert a["global_step"] == b["global_step"] == 10
+    assert {v.dtype for v in a["state_dict"].values() if v.is_floating_point()} == {torch.float32}
+    assert max(float((a["state_dict"][k] - b["state_dict"][k]).abs().max()) for k in a["state_dict"]) < 1e-6
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator("logs/bf16/version_0").Reload()
+    losses = torch.tensor([e.value for e in events.Scalars("train/loss")])
+    assert len(losses) == 10 and bool(torch.isfinite(losses).all()) and losses[-3:].mean() < losses[:3].mean()
