@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from cs_lightning.io import build_dir_once
-from cs_lightning.prompts import CJK
+from cs_lightning.prompts import CHATML_TEMPLATE, CJK
 
 _VERSION = "2"  # bump when the recipe below changes, so caches are rebuilt
 
@@ -33,7 +33,14 @@ TEMPLATES = {
                  tokens=dict(bos_token="[CLS]", eos_token="[SEP]", cls_token="[CLS]", sep_token="[SEP]",
                              unk_token="[UNK]", pad_token="[PAD]", mask_token="[MASK]")),
 }
-KINDS = ("wordpiece", "bpe", "unigram") + tuple(f"{m}-{t}" for m in ("bpe", "unigram") for t in TEMPLATES)
+# "bpe-chatml": GPT's byte-level BPE with ChatML's <|im_start|> and <|im_end|> among its special tokens and ChatML as
+# its chat template (prompts.CHATML_TEMPLATE), for chat-format reply models built from scratch; EOS stays
+# <|endoftext|> (as Qwen2.5's base models), so generation stops at <|im_end|> as the template's end of turn.
+CHATML = dict(specials=["<|endoftext|>", "<pad>", "<|im_start|>", "<|im_end|>"],
+              tokens=dict(bos_token="<|endoftext|>", eos_token="<|endoftext|>", unk_token="<|endoftext|>",
+                          pad_token="<pad>", additional_special_tokens=["<|im_start|>", "<|im_end|>"]))
+KINDS = (("wordpiece", "bpe", "unigram") + tuple(f"{m}-{t}" for m in ("bpe", "unigram") for t in TEMPLATES)
+         + ("bpe-chatml",))
 
 
 def cache_root() -> Path:
@@ -72,7 +79,8 @@ def _build(kind: str, texts: Sequence[str], vocab_size: int, lowercase: bool):
         kwargs = dict(unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
                       model_input_names=["input_ids", "token_type_ids", "attention_mask"])
     elif model == "bpe":
-        specials = spec["specials"] if spec else ["<|endoftext|>", "<pad>"]
+        chat = template == "chatml"
+        specials = spec["specials"] if spec else CHATML["specials"] if chat else ["<|endoftext|>", "<pad>"]
         tok = Tokenizer(models.BPE())
         tok.normalizer = normalizers.Sequence([normalizers.NFKC()] + ([normalizers.Lowercase()] if lowercase else []))
         tok.pre_tokenizer = pre_tokenizers.Sequence([cjk, pre_tokenizers.ByteLevel(add_prefix_space=False)])
@@ -81,6 +89,8 @@ def _build(kind: str, texts: Sequence[str], vocab_size: int, lowercase: bool):
         tok.train_from_iterator(texts, trainer, length=len(texts))
         tok.decoder = decoders.ByteLevel()
         kwargs = dict(bos_token="<|endoftext|>", eos_token="<|endoftext|>", unk_token="<|endoftext|>", pad_token="<pad>")
+        if chat:
+            kwargs = dict(CHATML["tokens"], chat_template=CHATML_TEMPLATE)
     else:  # unigram
         specials = spec["specials"] if spec else ["<pad>", "</s>", "<unk>"]
         unk = spec["tokens"]["unk_token"] if spec else "<unk>"
@@ -111,7 +121,8 @@ def train_tokenizer(texts: Iterable[str], kind: str, vocab_size: int = 8000, low
         texts: the training texts (each once is enough; order matters for the cache key only).
         kind: ``wordpiece`` (BERT), ``bpe`` (byte-level, GPT) or ``unigram`` (T5); ``bpe-roberta``,
             ``unigram-roberta``, ``bpe-bert`` and ``unigram-bert`` put RoBERTa's ``<s> $A </s>`` or BERT's
-            ``[CLS] $A [SEP]`` around a BPE or Unigram vocabulary (see :data:`TEMPLATES`).
+            ``[CLS] $A [SEP]`` around a BPE or Unigram vocabulary (see :data:`TEMPLATES`); ``bpe-chatml`` is the
+            BPE with ChatML's special tokens and chat template (:data:`CHATML`).
         vocab_size: the largest vocabulary to learn; small corpora give fewer tokens.
         lowercase: fold case before tokenizing.
         cache_dir: where cached tokenizers live (default: :func:`cache_root` / tokenizers).

@@ -10,9 +10,11 @@ from cs_lightning.data import (DOMAIN_MODULES, CSDataModule, DialogueDataModule,
                                FinanceDialogueDataModule, IntentDataModule)
 from cs_lightning.errors import ConfigError
 
-INTENT_ONLY = ("max_length", "oos_label", "holdout_intents", "text_column", "label_column")
-REPLY_ONLY = ("max_context_tokens", "max_reply_tokens", "rules_file", "generate_samples", "dialogue_format")
-SHARED = ("train_file", "val_file", "batch_size", "language", "tokenizer", "pad_to_buckets")
+INTENT_ONLY = ("oos_label", "holdout_intents", "text_column", "label_column")
+REPLY_ONLY = ("max_context_tokens", "max_reply_tokens", "rules_file", "generate_samples", "dialogue_format",
+              "prompt_format", "system_prompt")
+# max_length: tokens per intent input; for replies in the chat format, per conversation sequence and prompt
+SHARED = ("train_file", "val_file", "batch_size", "language", "tokenizer", "pad_to_buckets", "max_length")
 
 
 def help_of(class_path: str, capsys) -> str:

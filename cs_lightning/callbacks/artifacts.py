@@ -16,7 +16,8 @@ from cs_lightning.io import atomic_dir, atomic_path
 
 class SaveArtifacts(Callback):
     """When fitting starts, saves beside the checkpoints what reading them needs: the tokenizer
-    (``tokenizer/``), the Hugging Face model config (``config.json``) and the business rules (``rules.yaml``), so
+    (``tokenizer/``, with its chat template), the Hugging Face model config (``config.json``), the business rules
+    (``rules.yaml``) and the chat format's system prompt (``system_prompt.txt``, also in the checkpoint), so
     test, predict, chat and export never need the original sources again."""
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -31,6 +32,10 @@ class SaveArtifacts(Callback):
         if hasattr(model, "config") and hasattr(model.config, "to_json_string"):
             with atomic_path(folder / "config.json") as tmp:
                 tmp.write_text(model.config.to_json_string(), encoding="utf-8")
+        system_prompt = getattr(pl_module, "hparams", {}).get("system_message")
+        if system_prompt:  # for people: the checkpoint's settings carry it to chat, predict and export
+            with atomic_path(folder / "system_prompt.txt") as tmp:
+                tmp.write_text(system_prompt + "\n", encoding="utf-8")
         rules = getattr(getattr(pl_module, "rules", None), "source", "")
         if rules and Path(rules).exists():
             with atomic_path(folder / "rules.yaml") as tmp:

@@ -1,5 +1,6 @@
 """``cs-chat --ckpt PATH``: talk to a trained reply model in the terminal; it keeps the conversation history and
-answers turn by turn. Reads only the checkpoint and the files saved beside it (tokenizer, config, rules)."""
+answers turn by turn. Reads only the checkpoint and the files saved beside it (tokenizer, config, rules); a chat-format
+model is asked in its chat template with the system prompt it was trained with."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ def chat(ckpt: str, domain: str | None) -> None:
     from cs_lightning.prompts import Turn
 
     model, data = load_module(ckpt, task="reply", key="--ckpt")
-    settings = {k: data[k] for k in ("max_context_tokens", "max_history_turns", "domain_prefix") if k in data}
+    settings = {k: data[k] for k in ("max_context_tokens", "max_history_turns", "domain_prefix", "max_length")
+                if k in data}  # chat format: the system prompt travels in the checkpoint's model settings
     print("cs-chat: type a message; /reset starts over, /quit (or Ctrl-D) leaves.", flush=True)
     history: list[Turn] = []
     for line in sys.stdin:

@@ -5,7 +5,9 @@
   examples labelled ``oos``) as ``OUT_DIR/{train,val,test}.jsonl``.
 - ``cs-data validate FILE [FILE ...] [--task intent|dialogue]`` checks files before training: every schema error
   (the readers' messages, with file and line), the label distribution, duplicate texts, and texts shared between
-  the files given (train/test leakage). Exits 1 when there are errors."""
+  the files given (train/test leakage). Exits 1 when there are errors. ``--task dialogue`` reads our dialogue records
+  and ``{"messages": [...]}`` records alike (roles alternate from the user, no empty content, an assistant message).
+"""
 
 from __future__ import annotations
 
@@ -58,7 +60,9 @@ def run_validate(files: list[str], task: str, text_column: str | None, label_col
                 labels = Counter(r.label for r in records if r.label is not None)
                 items = [(r.text, r.line) for r in records]
             else:
-                dialogues = read_dialogues(path, require_agent=False, errors=found)
+                # our dialogue records may end on a user turn (prediction input); a messages record needs an
+                # assistant message, since chat tools export them for training
+                dialogues = read_dialogues(path, require_agent=False, errors=found, require_assistant_message=True)
                 labels = Counter(d.domain or "(none)" for d in dialogues)
                 items = [(" | ".join(t.text for t in d.turns), d.line) for d in dialogues]
         except CSLightningError as err:  # the file cannot be read at all (not found, not UTF-8, ...)

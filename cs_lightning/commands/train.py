@@ -42,6 +42,10 @@ def _attribute(data, name: str):
     return getattr(data, name, None)
 
 
+def _uses_chat(data) -> bool:
+    return getattr(data, "prompt_format", None) == "chat"
+
+
 class CSLightningCLI(LightningCLI):
     """The cs-lightning command line: ``fit``, ``validate``, ``test`` and ``predict`` driven by YAML configs."""
 
@@ -101,9 +105,12 @@ class CSLightningCLI(LightningCLI):
         parser.link_arguments("data.init_args.oos_label", "model.init_args.oos_label")
         # values known once the data is read; a user's own DataModule without them simply passes None
         for attr, target in (("label_names", "labels"), ("label_counts", "label_counts"),
-                             ("tokenizer_path", "tokenizer_path"), ("rules_path", "rules_path")):
+                             ("tokenizer_path", "tokenizer_path"), ("rules_path", "rules_path"),
+                             ("system_prompt", "system_message")):
             parser.link_arguments("data", f"model.init_args.{target}", apply_on="instantiate",
                                   compute_fn=functools.partial(_attribute, name=attr))
+        # the reply prompt format as resolved (data.prompt_format auto: chat when the tokenizer has a template)
+        parser.link_arguments("data", "model.init_args.chat", apply_on="instantiate", compute_fn=_uses_chat)
 
     # ------------------------------------------------------------------ defaults that depend on the config
     def _experiment(self, cfg) -> str:

@@ -189,11 +189,13 @@ class CSDataModule(pl.LightningDataModule):
         if "train" not in self.records:
             raise ConfigError("model.model_name_or_path", "no tokenizer: no model source and no training file to "
                               "train one on", "set model.model_name_or_path, or data.train_file")
+        return self._train_tokenizer(self.backbone.tokenizer_kind)
+
+    def _train_tokenizer(self, kind: str) -> str:
+        """A tokenizer of ``kind`` trained on the training texts (cached by content)."""
         texts = self.training_texts()
-        path = str(train_tokenizer(texts, self.backbone.tokenizer_kind, self.hparams.tokenizer_vocab_size,
-                                   lowercase=self.lowercase))
-        rank_zero_info(f"Tokenizer: trained {self.backbone.tokenizer_kind} on {len(texts)} training texts, "
-                       f"cached at {path}")
+        path = str(train_tokenizer(texts, kind, self.hparams.tokenizer_vocab_size, lowercase=self.lowercase))
+        rank_zero_info(f"Tokenizer: trained {kind} on {len(texts)} training texts, cached at {path}")
         return path
 
     # ------------------------------------------------------------------ Lightning hooks

@@ -20,7 +20,8 @@ class TokenizedDataset(Dataset):
     """Token ids of one split, stored flat (one int32 tensor plus offsets), with labels and record ids.
 
     Reply data adds ``target_ids``/``target_offsets`` (the reply, for sequence-to-sequence models) and
-    ``prompt_lengths`` (for causal models, where the input is prompt + reply), and per-item ``extras`` (reference
+    ``prompt_lengths`` (for causal models, where the input is prompt + reply), or, in the chat format, ``loss_mask``
+    (1 on the assistant tokens of a whole conversation, offsets as ``input_ids``), and per-item ``extras`` (reference
     text, context turns) that generation and evaluation read. Every item has ``padding``: True for a
     :class:`Repeat` index (a repeated sample that fills a short training batch and must not train).
     """
@@ -47,6 +48,8 @@ class TokenizedDataset(Dataset):
                 "padding": isinstance(i, Repeat)}
         if "token_type_ids" in enc:
             item["token_type_ids"] = self._slice(enc["token_type_ids"], self.offsets, i)
+        if "loss_mask" in enc:
+            item["loss_mask"] = self._slice(enc["loss_mask"], self.offsets, i)
         if "target_ids" in enc:
             item["target_ids"] = self._slice(enc["target_ids"], enc["target_offsets"], i)
         if "prompt_lengths" in enc:
@@ -60,7 +63,7 @@ class TokenizedDataset(Dataset):
     def subset(self, indices: Sequence[int]) -> "TokenizedDataset":
         """A dataset of the chosen items (for generating on a bounded sample)."""
         enc = {}
-        for key, offsets_key in (("input_ids", "offsets"), ("token_type_ids", "offsets"),
+        for key, offsets_key in (("input_ids", "offsets"), ("token_type_ids", "offsets"), ("loss_mask", "offsets"),
                                  ("target_ids", "target_offsets")):
             if key not in self.encoded:
                 continue
@@ -275,7 +278,8 @@ class ReplyCollator:
     """Batches of reply examples, for training (loss on the reply tokens only) or for generation.
 
     Causal models train on ``prompt + reply`` with the prompt's labels set to -100, and generate from the prompt
-    alone, padded on the left. Sequence-to-sequence models read the context and learn the reply as labels.
+    alone, padded on the left; in the chat format they train on whole conversations, labelled where ``loss_mask``
+    is 1 (the assistant turns). Sequence-to-sequence models read the context and learn the reply as labels.
 
     Args:
         pad_token_id: id used for padding.
@@ -302,7 +306,10 @@ class ReplyCollator:
             return batch
         batch["input_ids"], batch["attention_mask"] = pad([s["input_ids"] for s in samples], self.pad_token_id,
                                                           self.multiple)
-        if causal:
+        if "loss_mask" in samples[0]:  # chat format: every assistant turn of the conversation
+            mask = pad([s["loss_mask"] for s in samples], 0, self.multiple)[0]
+            labels = batch["input_ids"].masked_fill(mask == 0, self.IGNORE)
+        elif causal:
             labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, self.IGNORE)
             for i, s in enumerate(samples):
                 labels[i, : s["prompt_length"]] = self.IGNORE

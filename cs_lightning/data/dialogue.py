@@ -1,9 +1,11 @@
 """Conversations: the dialogue reader and the reply examples taken from it.
 
-A dialogue record is ``{"id", "domain", "turns": [{"role": "user"|"agent", "text"}]}`` (optionally ``"intent"``).
-Every agent turn is one reply-generation example whose context is the turns before it. How a context becomes
-tokens (speaker markers, the newest turns kept within a budget) is :mod:`cs_lightning.prompts`, shared with
-inference.
+A dialogue file holds, one per line, either our record ``{"id", "domain", "turns": [{"role": "user"|"agent",
+"text"}]}`` (optionally ``"intent"``) or the messages record chat tools and LLaMA-Factory export, ``{"messages":
+[{"role": "system"|"user"|"assistant", "content"}]}`` (optionally ``"id"``, ``"domain"``, ``"intent"``): an
+assistant message is our agent turn, a leading system message the dialogue's own system prompt. Every agent turn is
+one reply-generation example whose context is the turns before it (the marker format), or the whole dialogue is one
+sequence (the chat format). How a context becomes tokens is :mod:`cs_lightning.prompts`, shared with inference.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ class Dialogue:
     turns: tuple[Turn, ...]
     intent: str | None = None
     line: int = 0
+    system: str | None = None  # its own system message (messages records)
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,7 @@ class ReplyExample:
     context: tuple[Turn, ...]
     reply: str | None
     intent: str | None = None
+    system: str | None = None
 
 
 def parse_dialogue(row: dict, path: Path, line: int, require_agent: bool = True) -> Dialogue:
@@ -66,8 +70,57 @@ def parse_dialogue(row: dict, path: Path, line: int, require_agent: bool = True)
     return Dialogue(str(row.get("id") or f"{path.name}:{line}"), domain, tuple(parsed), intent, line)
 
 
+MESSAGE_ROLES = ("system", "user", "assistant")
+_MESSAGES_FIX = '{"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}'
+
+
+def parse_messages(row: dict, path: Path, line: int, require_agent: bool = True) -> Dialogue:
+    """Validate one messages record (OpenAI / ShareGPT style): an optional system message first, then user and
+    assistant messages alternating from a user message, each with non-empty text content."""
+    messages = row.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise DataError(path, "missing or empty 'messages' list", line=line, field="messages",
+                        fix=f"write {_MESSAGES_FIX}")
+    system, turns = None, []
+    for i, message in enumerate(messages, start=1):
+        if not isinstance(message, dict):
+            raise DataError(path, f"message {i} is a {type(message).__name__}, not an object", line=line,
+                            field="messages", fix='each message is {"role": ..., "content": ...}')
+        role, content = message.get("role"), message.get("content")
+        if role not in MESSAGE_ROLES:
+            raise DataError(path, f"message {i} has unknown role {role!r}", line=line, field="messages.role",
+                            fix="use role 'system', 'user' or 'assistant'")
+        if not isinstance(content, str):
+            raise DataError(path, f"message {i} content is a {type(content).__name__}, not text", line=line,
+                            field="messages.content", fix="write the content as one string")
+        if not content.strip():
+            raise DataError(path, f"message {i} is empty", line=line, field="messages.content",
+                            fix="fill in the message's content or remove the message")
+        if role == "system":
+            if i != 1:
+                raise DataError(path, f"message {i} is a system message after the conversation started", line=line,
+                                field="messages.role", fix="put the one system message first")
+            system = content.strip()
+            continue
+        expected = "user" if len(turns) % 2 == 0 else "assistant"
+        if role != expected:
+            raise DataError(path, f"message {i} is from the {role} but the {expected} speaks next (roles must "
+                                  "alternate, starting with the user)", line=line, field="messages.role",
+                            fix="merge consecutive messages of one speaker, or add the missing turn")
+        turns.append(Turn("agent" if role == "assistant" else "user", " ".join(content.split())))
+    if not turns:
+        raise DataError(path, "only a system message, no conversation", line=line, field="messages",
+                        fix="add the user and assistant messages")
+    if require_agent and not any(t.role == "agent" for t in turns):
+        raise DataError(path, "no assistant message, so nothing to learn from", line=line, field="messages",
+                        fix="add the assistant's replies, or remove the conversation")
+    domain = row.get("domain") if isinstance(row.get("domain"), str) else None
+    intent = row.get("intent") if isinstance(row.get("intent"), str) else None
+    return Dialogue(str(row.get("id") or f"{path.name}:{line}"), domain, tuple(turns), intent, line, system)
+
+
 def read_dialogues(path: str | Path, require_agent: bool = True, file_format: str = "jsonl",
-                   errors: list | None = None) -> list[Dialogue]:
+                   errors: list | None = None, require_assistant_message: bool | None = None) -> list[Dialogue]:
     """Read and validate a dialogue file.
 
     Args:
@@ -78,6 +131,8 @@ def read_dialogues(path: str | Path, require_agent: bool = True, file_format: st
             :mod:`cs_lightning.importers`).
         errors: collect the problems of single records here and skip those records, instead of raising the first
             one (``cs-data validate``).
+        require_assistant_message: messages records must contain an assistant message (default: as
+            ``require_agent``; ``cs-data validate`` asks it of every messages record).
     """
     path = Path(path)
     if file_format == "jsonl":
@@ -93,7 +148,11 @@ def read_dialogues(path: str | Path, require_agent: bool = True, file_format: st
     dialogues, seen = [], {}
     for line, row in rows:
         try:
-            dialogue = parse_dialogue(row, path, line, require_agent)
+            if "messages" in row and "turns" not in row:
+                needed = require_agent if require_assistant_message is None else require_assistant_message
+                dialogue = parse_messages(row, path, line, needed)
+            else:
+                dialogue = parse_dialogue(row, path, line, require_agent)
             if dialogue.id in seen:
                 raise DataError(path, f"id {dialogue.id!r} repeats the dialogue on line {seen[dialogue.id]}",
                                 line=line, field="id", fix="give every dialogue its own id")
@@ -116,10 +175,10 @@ def reply_examples(dialogues: Sequence[Dialogue]) -> list[ReplyExample]:
         for i, turn in enumerate(dialogue.turns):
             if turn.role == "agent" and i > 0:
                 examples.append(ReplyExample(f"{dialogue.id}#{i}", dialogue.domain, dialogue.turns[:i], turn.text,
-                                             dialogue.intent))
+                                             dialogue.intent, dialogue.system))
     return examples
 
 
 def prediction_examples(dialogues: Sequence[Dialogue]) -> list[ReplyExample]:
     """One example per dialogue: the whole conversation so far is the context of the next agent reply."""
-    return [ReplyExample(d.id, d.domain, d.turns, None, d.intent) for d in dialogues]
+    return [ReplyExample(d.id, d.domain, d.turns, None, d.intent, d.system) for d in dialogues]

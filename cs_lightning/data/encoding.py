@@ -7,11 +7,11 @@ from typing import Sequence
 
 import torch
 
-from cs_lightning.data.dialogue import ReplyExample
+from cs_lightning.data.dialogue import Dialogue, ReplyExample
 from cs_lightning.data.schema import IntentRecord
 from cs_lightning.errors import CSLightningError
 from cs_lightning.io import atomic_path
-from cs_lightning.prompts import TEXT_MARKERS, ContextBuilder, ReplyPrompt
+from cs_lightning.prompts import TEXT_MARKERS, ChatPrompt, ContextBuilder, ReplyPrompt
 from cs_lightning.tokenization import cache_root, content_key, tokenizer_fingerprint
 
 _VERSION = "3"  # bump when the encoding below changes
@@ -104,3 +104,56 @@ def cached_encode_replies(tokenizer, examples: Sequence[ReplyExample], kind: str
     parts = [tokenizer_fingerprint(tokenizer), settings,
              [(e.domain, [(t.role, t.text) for t in e.context], e.reply) for e in examples]]
     return _cached(parts, lambda: encode_replies(tokenizer, examples, *settings), cache_dir)
+
+
+def encode_conversations(tokenizer, dialogues: Sequence[Dialogue], system_prompt: str | None, max_length: int) -> dict:
+    """Chat format, training and evaluation loss: each dialogue one sequence in the tokenizer's chat template (or
+    pieces split at user turns when longer than ``max_length``), ``loss_mask`` 1 on the assistant tokens
+    (:class:`~cs_lightning.prompts.ChatPrompt`). ``dialogue_index`` names the dialogue of each sequence;
+    ``split``/``truncated`` count the dialogues split and the exchanges cut from the left."""
+    prompt = ChatPrompt(tokenizer, system_prompt, max_length)
+    inputs, masks, index = [], [], []
+    for i, dialogue in enumerate(dialogues):
+        for ids, mask in prompt.encode_conversation(dialogue.turns, dialogue.system):
+            inputs.append(ids)
+            masks.append(mask)
+            index.append(i)
+    result = {}
+    result["input_ids"], result["offsets"] = _flat(inputs)
+    result["loss_mask"] = _flat(masks, torch.int8)[0]
+    result["dialogue_index"] = torch.tensor(index, dtype=torch.long)
+    result["split"] = torch.tensor(prompt.split)
+    result["truncated"] = torch.tensor(prompt.truncated)
+    return result
+
+
+def encode_chat_prompts(tokenizer, examples: Sequence[ReplyExample], system_prompt: str | None,
+                        max_length: int) -> dict:
+    """Chat format, generation: the prompt of each example's reply (system message, the context, the template's
+    generation prompt); ``prompt_lengths`` is the whole input, as the reply collator expects."""
+    prompt = ChatPrompt(tokenizer, system_prompt, max_length)
+    inputs = [prompt.prompt_ids(ex.context, ex.system) for ex in examples]
+    result = {}
+    result["input_ids"], result["offsets"] = _flat(inputs)
+    result["prompt_lengths"] = torch.tensor([len(ids) for ids in inputs], dtype=torch.long)
+    return result
+
+
+def _chat_key(tokenizer) -> list:
+    return [tokenizer_fingerprint(tokenizer), tokenizer.chat_template, "chat"]
+
+
+def cached_encode_conversations(tokenizer, dialogues: Sequence[Dialogue], system_prompt: str | None, max_length: int,
+                                cache_dir: str | Path | None = None) -> dict:
+    """:func:`encode_conversations`, cached under a hash of the tokenizer, its template, the settings and texts."""
+    parts = _chat_key(tokenizer) + [system_prompt, max_length,
+                                    [(d.system, [(t.role, t.text) for t in d.turns]) for d in dialogues]]
+    return _cached(parts, lambda: encode_conversations(tokenizer, dialogues, system_prompt, max_length), cache_dir)
+
+
+def cached_encode_chat_prompts(tokenizer, examples: Sequence[ReplyExample], system_prompt: str | None,
+                               max_length: int, cache_dir: str | Path | None = None) -> dict:
+    """:func:`encode_chat_prompts`, cached under a hash of the tokenizer, its template, the settings and texts."""
+    parts = _chat_key(tokenizer) + ["prompts", system_prompt, max_length,
+                                    [(e.system, [(t.role, t.text) for t in e.context]) for e in examples]]
+    return _cached(parts, lambda: encode_chat_prompts(tokenizer, examples, system_prompt, max_length), cache_dir)

@@ -1,5 +1,6 @@
-"""Reply generation: a causal LM (GPT) or a sequence-to-sequence model (T5) that answers the customer, trained with
-the loss on the reply tokens only, evaluated on perplexity, BLEU, ROUGE-L, chrF and the business rules."""
+"""Reply generation: a causal LM (GPT, Qwen, Llama) or a sequence-to-sequence model (T5) that answers the customer,
+trained with the loss on the reply tokens only (in the chat format: every assistant turn of whole conversations in the
+tokenizer's chat template), evaluated on perplexity, BLEU, ROUGE-L, chrF and the business rules."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from transformers import LogitsProcessorList
 from cs_lightning.constraints import blocked_phrases_processor
 from cs_lightning.distributed import global_mean
 from cs_lightning.models.base import BackboneModule
-from cs_lightning.prompts import ReplyPrompt, join_cjk
+from cs_lightning.errors import ConfigError
+from cs_lightning.prompts import ChatPrompt, ChatTemplateError, ReplyPrompt, join_cjk
 from cs_lightning.rules import BusinessRules
 
 
@@ -113,6 +115,10 @@ class ReplyGenerator(BackboneModule):
         rules_path: business rules file (blocked phrases, required elements, forbidden patterns); set by the CLI
             from ``data.rules_file`` or the domain's own rules.
         tokenizer_path: the tokenizer folder or hub id; set by the CLI from the data module.
+        chat: prompts in the tokenizer's chat template (generation stops at its end-of-turn token) instead of the
+            speaker markers; set by the CLI from the data module's resolved ``data.prompt_format``.
+        system_message: the system message of the chat format, as text; set by the CLI from ``data.system_prompt``
+            (or the domain's own), saved with the checkpoint so chat, predict and export use it.
     """
 
     task = "reply"
@@ -124,13 +130,22 @@ class ReplyGenerator(BackboneModule):
                  max_new_tokens: int = 48, no_repeat_ngram_size: int = 3, repetition_penalty: float = 1.0,
                  samples_to_log: int = 8, language: str = "en", rules_path: str | None = None,
                  tokenizer_path: str | None = None, trust_remote_code: bool = False, compile: bool = False,
-                 peft: dict | None = None, gradient_checkpointing: bool = False):
+                 peft: dict | None = None, gradient_checkpointing: bool = False, chat: bool = False,
+                 system_message: str | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.build_backbone(backbone, model_name_or_path, pretrained, tokenizer_path, model_size, config_overrides,
                             trust_remote_code=trust_remote_code, model_type=model_type, peft=peft,
                             gradient_checkpointing=gradient_checkpointing)
         self.causal = self.backbone.reply_kind == "causal"
+        self.chat = chat
+        self.end_of_turn_id: int | None = None
+        if self.chat:
+            if not self.causal:
+                raise ConfigError("data.prompt_format", "the chat format needs a causal (decoder) model, and "
+                                                        f"{self.backbone.describe()} is {self.backbone.reply_kind}",
+                                  "use prompt_format: markers for sequence-to-sequence models")
+            self.end_of_turn_id = self.chat_prompt().end_of_turn_id
         self.rules = BusinessRules.load(rules_path) if rules_path else BusinessRules()
         self.bad_words_ids = self._bad_words_ids()
         names = self.rules.rule_names
@@ -151,6 +166,20 @@ class ReplyGenerator(BackboneModule):
                     if ids:
                         variants.add(tuple(ids))
         return [list(v) for v in sorted(variants)]
+
+    def chat_prompt(self, max_length: int = 1024) -> ChatPrompt:
+        """The chat format's prompt builder, with this model's tokenizer and system prompt."""
+        try:
+            return ChatPrompt(self.tokenizer, self.hparams.system_message, max_length)
+        except ChatTemplateError as err:
+            raise ConfigError("data.prompt_format", str(err), "use prompt_format: markers, or a tokenizer with a "
+                                                              "chat template") from None
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        """Where a reply ends: EOS, and in the chat format the template's end-of-turn token (``<|im_end|>``)."""
+        ids = [self.tokenizer.eos_token_id, self.end_of_turn_id]
+        return list(dict.fromkeys(i for i in ids if i is not None))
 
     # ------------------------------------------------------------------ training
     def forward(self, input_ids, attention_mask=None, labels=None):
@@ -197,12 +226,13 @@ class ReplyGenerator(BackboneModule):
         if self.rules.blocked:  # checked on the decoded text: holds however the tokenizer splits the phrase
             processors.append(blocked_phrases_processor(
                 self.rules.blocked, tok, prompt_length=input_ids.shape[1] if self.causal else 1,
-                max_new_tokens=hp.max_new_tokens, eos_token_ids=tok.eos_token_id, num_beams=hp.num_beams))
+                max_new_tokens=hp.max_new_tokens, eos_token_ids=self.eos_token_ids, num_beams=hp.num_beams))
         with self.eager():
             out = self.model.generate(
                 input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=hp.max_new_tokens,
                 num_beams=hp.num_beams, do_sample=False, no_repeat_ngram_size=hp.no_repeat_ngram_size or None,
-                repetition_penalty=hp.repetition_penalty, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                repetition_penalty=hp.repetition_penalty, pad_token_id=tok.pad_token_id,
+                eos_token_id=self.eos_token_ids,
                 logits_processor=processors)
         if self.causal:
             out = out[:, input_ids.shape[1]:]
@@ -256,12 +286,19 @@ class ReplyGenerator(BackboneModule):
 
     @torch.no_grad()
     def reply_to(self, turns, domain: str | None = None, max_context_tokens: int = 192, max_history_turns: int = 6,
-                 domain_prefix: bool = True) -> str:
+                 domain_prefix: bool = True, max_length: int = 1024) -> str:
         """The next agent reply to a conversation (a list of ``Turn``), for chat and quick checks; the prompt is
-        built exactly as in training (:class:`~cs_lightning.prompts.ReplyPrompt`)."""
-        prompt = ReplyPrompt(self.tokenizer, self.backbone.reply_kind, max_context_tokens, max_history_turns,
-                             domain_prefix)
-        ids = torch.tensor([prompt.encode(tuple(turns), domain)[0]], dtype=torch.long, device=self.device)
+        built exactly as in training (:class:`~cs_lightning.prompts.ReplyPrompt`, or in the chat format
+        :class:`~cs_lightning.prompts.ChatPrompt` with the system prompt the model was trained with; ``domain``,
+        ``max_context_tokens``, ``max_history_turns`` and ``domain_prefix`` are the marker format's, ``max_length``
+        the chat format's)."""
+        if self.chat:
+            prompt_ids = self.chat_prompt(max_length).prompt_ids(tuple(turns))
+        else:
+            prompt = ReplyPrompt(self.tokenizer, self.backbone.reply_kind, max_context_tokens, max_history_turns,
+                                 domain_prefix)
+            prompt_ids = prompt.encode(tuple(turns), domain)[0]
+        ids = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
         was_training = self.training
         self.eval()
         reply = self.generate_replies(ids, torch.ones_like(ids))[0]
