@@ -187,6 +187,26 @@ class BusinessRules:
             raise DataError(path, f"not valid {'YAML' if is_yaml else 'JSON'}" +
                             (" (nested too deeply)" if isinstance(err, RecursionError) else ""),
                             line=line, fix="check the syntax of the rules file") from None
+        return cls._from_data(data, path, lambda *keys: _line_of(root, *keys))
+
+    @classmethod
+    def from_dict(cls, data: dict | None, source: str = "rules") -> "BusinessRules":
+        """Rules from their parsed content (as an export's ``cs_lightning.json`` carries it), checked as a file is;
+        errors name ``source``."""
+        return cls._from_data(data, Path(source), lambda *keys: None)
+
+    def as_dict(self) -> dict:
+        """The content of a rules file for these rules (``from_dict`` reads it back)."""
+        return {"blocked_phrases": list(self.blocked_phrases), "allow": list(self.allow),
+                "required": [{"name": r.name, "pattern": r.pattern.pattern, "when_intent": list(r.when_intent),
+                              **({"when_context": r.when_context.pattern} if r.when_context else {}),
+                              **({"when_reply": r.when_reply.pattern} if r.when_reply else {}),
+                              "description": r.description} for r in self.required],
+                "forbidden_patterns": [{"name": f.name, "pattern": f.pattern.pattern, "description": f.description}
+                                       for f in self.forbidden]}
+
+    @classmethod
+    def _from_data(cls, data, path: Path, line_of) -> "BusinessRules":
         data = data or {}
         if not isinstance(data, dict):
             raise DataError(path, "the rules file must hold a mapping", fix="see cs_lightning/rules.py for the format")
@@ -195,18 +215,6 @@ class BusinessRules:
             names = sorted(k if isinstance(k, str) and k.isprintable() else repr(k) for k in unknown)
             raise DataError(path, f"unknown key(s) {', '.join(names)}", field=names[0],
                             fix="use blocked_phrases, allow, required and forbidden_patterns")
-
-        def line_of(*keys) -> int | None:
-            node = root
-            try:
-                for key in keys:
-                    if isinstance(key, int):
-                        node = node.value[key]
-                    else:
-                        node = next(v for k, v in node.value if k.value == key)
-                return node.start_mark.line + 1
-            except (AttributeError, IndexError, StopIteration, TypeError):
-                return None
 
         def regex(value, *keys) -> re.Pattern:
             where = ".".join(str(k) for k in keys)
@@ -256,3 +264,17 @@ class BusinessRules:
                                               str(item.get("description", ""))))
         return cls(phrase_lists["blocked_phrases"], tuple(required), tuple(forbidden), str(path),
                    allow=phrase_lists["allow"])
+
+
+def _line_of(root, *keys) -> int | None:
+    """The line of the YAML node at ``keys`` (mapping keys and list indices), or None."""
+    node = root
+    try:
+        for key in keys:
+            if isinstance(key, int):
+                node = node.value[key]
+            else:
+                node = next(v for k, v in node.value if k.value == key)
+        return node.start_mark.line + 1
+    except (AttributeError, IndexError, StopIteration, TypeError):
+        return None

@@ -7,6 +7,7 @@
 ``cs-chat``               :mod:`cs_lightning.commands.chat`
 ``cs-backbones``          :mod:`cs_lightning.commands.backbones`
 ``cs-doctor``             :mod:`cs_lightning.commands.doctor`
+``cs-serve``              :mod:`cs_lightning.commands.serve`
 ``cs-runs``               :mod:`cs_lightning.commands.runs`
 ========================  =============================================================
 
