@@ -11,6 +11,8 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 from cs_lightning.distributed import gather_lists, gather_rows, global_mean
 from cs_lightning.errors import ConfigError
 from cs_lightning.models.base import BackboneModule
+from cs_lightning.models.calibration import (BINS, MIN_EXAMPLES, calibration_figures, expected_calibration_error,
+                                             fit_temperature, reliability_bins)
 
 
 def per_class_report(matrix: torch.Tensor, labels: list[str]) -> dict:
@@ -27,6 +29,16 @@ def per_class_report(matrix: torch.Tensor, labels: list[str]) -> dict:
     return {"accuracy": float(tp.sum() / matrix.sum().clamp(min=1)),
             "f1_macro": float(f1[present].mean()) if present.any() else 0.0,
             "examples": int(matrix.sum()), "per_class": rows, "confusion": matrix.long().tolist()}
+
+
+def most_confused(matrix, labels: list[str], top: int = 20) -> list[dict]:
+    """The ``top`` largest off-diagonal cells of a confusion matrix (rows gold, columns predicted), most examples
+    first (then by name): ``{"gold", "predicted", "count"}``."""
+    m = torch.as_tensor(matrix).long().clone()
+    m.fill_diagonal_(0)
+    cells = [(int(m[i, j]), labels[i], labels[j]) for i, j in m.nonzero().tolist()]
+    cells.sort(key=lambda c: (-c[0], c[1], c[2]))
+    return [{"gold": gold, "predicted": predicted, "count": count} for count, gold, predicted in cells[:top]]
 
 
 def fit_threshold(confidence: torch.Tensor, argmax: torch.Tensor, gold: torch.Tensor, oos_index: int,
@@ -86,9 +98,12 @@ class IntentClassifier(BackboneModule):
         class_weights: weight the loss by inverse label frequency in the training data (imbalanced data).
         oos_label: the out-of-scope (fallback) label, linked from ``data.oos_label``: when the model's confidence is
             below the threshold it answers this label. It needs no training examples.
-        oos_threshold: a fixed confidence threshold; None fits it on the validation set after every validation.
+        oos_threshold: a fixed confidence threshold; None fits it on the validation set after every validation. It
+            applies to the calibrated confidence (the largest probability of ``softmax(logits / temperature)``).
         oos_target: what the fitted threshold optimises on validation: ``macro_f1`` (over the intents and
             out-of-scope), or ``precision:0.95`` (the lowest threshold whose accepted in-scope answers are 95% right).
+        calibrate: fit a temperature on the validation set after every validation (needs at least 20 validation
+            examples and one error), so confidences are calibrated; false keeps the raw softmax (temperature 1).
         labels: the intent names, in class-index order; set by the CLI from the data module.
         label_counts: training examples per label, in class-index order; set by the CLI from the data module.
         tokenizer_path: the tokenizer folder or hub id; set by the CLI from the data module.
@@ -104,7 +119,7 @@ class IntentClassifier(BackboneModule):
                  oos_threshold: float | None = None, oos_target: str = "macro_f1", labels: list[str] | None = None,
                  label_counts: list[int] | None = None, tokenizer_path: str | None = None,
                  trust_remote_code: bool = False, compile: bool = False, peft: dict | None = None,
-                 gradient_checkpointing: bool = False):
+                 gradient_checkpointing: bool = False, calibrate: bool = True):
         super().__init__()
         if not labels or len(labels) < 2:
             raise ConfigError("model.labels", "an intent classifier needs at least two label names",
@@ -137,7 +152,12 @@ class IntentClassifier(BackboneModule):
                                         if oos_label else {})
         if self.oos_index is not None:  # saved in checkpoints (only out-of-scope models have one)
             self.register_buffer("threshold", torch.tensor(float(oos_threshold or 0.0)))
-        self._val_scores: list[torch.Tensor] = []  # (confidence, argmax, gold) per validation example, oos only
+        # confidences are softmax(logits / temperature); fitted on the validation set, saved in checkpoints
+        self.register_buffer("temperature", torch.tensor(1.0))
+        #: the validation figures of the fitted temperature (ece_before, ece_after, examples, split), or None
+        self.calibration: dict | None = None
+        self._val_logits: list[torch.Tensor] = []  # logits and gold label per validation example
+        self._test_confidence: list[torch.Tensor] = []  # raw and calibrated confidence, correct, per test example
         self.test_report: dict | None = None
         self.misclassified: list[dict] = []
         weights = None
@@ -178,9 +198,14 @@ class IntentClassifier(BackboneModule):
         metric.update(losses / base, weight=weights)
         self.log(f"{stage}/loss", metric, on_epoch=True, on_step=False)
 
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Calibrated class probabilities: ``softmax(logits / temperature)``."""
+        return (logits.float() / self.temperature).softmax(-1)
+
     def decide(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Predicted class and confidence; below the out-of-scope threshold the prediction is ``oos_label``."""
-        confidence, preds = logits.float().softmax(-1).max(-1)
+        """Predicted class and (calibrated) confidence; below the out-of-scope threshold the prediction is
+        ``oos_label``."""
+        confidence, preds = self.probabilities(logits).max(-1)
         if self.oos_index is not None:
             preds = torch.where(confidence < self.threshold, torch.full_like(preds, self.oos_index), preds)
         return preds, confidence
@@ -204,14 +229,19 @@ class IntentClassifier(BackboneModule):
         logits = self(**self.model_inputs(batch))
         labels = batch["labels"]
         self._update_loss(stage, logits, labels)  # every rank logs at every step (DDP: same collectives)
-        if stage == "val" and self.oos_index is not None and self.hparams.oos_threshold is None:
-            # the threshold is fitted at the end of validation; keep three numbers per example, not the logits
-            confidence, argmax = logits.float().softmax(-1).max(-1)
-            self._val_scores.append(torch.stack([confidence, argmax.float(), labels.float()], 1).detach())
-            return
+        if stage == "val" and (self.hparams.calibrate or self.oos_index is not None):
+            # the temperature (and threshold) are fitted on the whole split when validation ends
+            self._val_logits.append(torch.cat([logits.detach().float(), labels.unsqueeze(1).float()], 1))
+            if self.oos_index is not None:  # decisions wait for this validation's temperature and threshold
+                return
         preds, confidence = self.decide(logits)
         self._update_metrics(stage, preds, labels)
         if stage == "test":
+            known = labels < logits.shape[-1]  # calibration is measured on examples that have a class
+            if known.any():
+                raw = logits[known].float().softmax(-1).max(-1)
+                correct = (raw.indices == labels[known]).float()
+                self._test_confidence.append(torch.stack([raw.values, confidence[known], correct], 1).detach())
             self.test_confusion.update(preds, labels)
             wrong = (preds != labels).nonzero().flatten().tolist()
             if wrong:  # only the errors are kept, a few per batch
@@ -243,23 +273,48 @@ class IntentClassifier(BackboneModule):
                 self.log(f"oos/{stage}_{name}", h / t, sync_dist=False)
 
     def on_validation_epoch_end(self) -> None:
-        if self.oos_index is not None and self.hparams.oos_threshold is None:
-            self._fit_threshold()
+        if self.hparams.calibrate or self.oos_index is not None:
+            self._fit_on_validation()
         self._log_oos("val")
 
-    def _fit_threshold(self) -> None:
-        local = torch.cat(self._val_scores) if self._val_scores else torch.zeros((0, 3), device=self.device)
-        self._val_scores = []
-        scores = gather_rows(local)  # the threshold is fitted on every rank's examples, the same on every rank
-        if not len(scores):  # no validation batch ran (every rank sees the same gathered size)
+    def _fit_on_validation(self) -> None:
+        """The temperature, then the out-of-scope threshold on the calibrated confidences, from every rank's
+        validation logits (gathered: the same values on every rank); then this rank's share of the decisions."""
+        width = len(self.labels) + 1
+        local = torch.cat(self._val_logits) if self._val_logits else torch.zeros((0, width), device=self.device)
+        self._val_logits = []
+        rows = gather_rows(local)
+        if not len(rows):  # no validation batch ran (every rank sees the same gathered size)
             return
-        confidence, argmax, gold = scores[:, 0], scores[:, 1].long(), scores[:, 2].long()
-        self.threshold.fill_(fit_threshold(confidence, argmax, gold, self.oos_index, len(self.metric_names),
-                                           self.hparams.oos_target))
-        self.log("oos/threshold", self.threshold, sync_dist=False)
-        confidence, argmax, gold = local[:, 0], local[:, 1].long(), local[:, 2].long()  # metrics: own share only
-        preds = torch.where(confidence < self.threshold, torch.full_like(argmax, self.oos_index), argmax)
-        self._update_metrics("val", preds, gold)
+        logits, gold = rows[:, :-1], rows[:, -1].long()
+        if self.hparams.calibrate:
+            self._fit_temperature(logits, gold)
+        if self.oos_index is None:
+            return
+        if self.hparams.oos_threshold is None:
+            confidence, argmax = self.probabilities(logits).max(-1)
+            self.threshold.fill_(fit_threshold(confidence, argmax, gold, self.oos_index, len(self.metric_names),
+                                               self.hparams.oos_target))
+            self.log("oos/threshold", self.threshold, sync_dist=False)
+        preds, _ = self.decide(local[:, :-1])  # metrics: own share only (they synchronise at compute)
+        self._update_metrics("val", preds, local[:, -1].long())
+
+    def _fit_temperature(self, logits: torch.Tensor, gold: torch.Tensor) -> None:
+        known = gold < logits.shape[-1]  # out-of-scope examples without a class say nothing about calibration
+        logits, gold = logits[known], gold[known]
+        if len(gold) < MIN_EXAMPLES or bool((logits.argmax(-1) == gold).all()):
+            # too few examples, or no error to learn how overconfident the model is: the raw softmax stays
+            self.temperature.fill_(1.0)
+            self.calibration = None
+            return
+        temperature = fit_temperature(logits, gold)
+        figures = calibration_figures(logits, gold, temperature)
+        self.temperature.fill_(temperature)
+        self.calibration = {"ece_before": figures["ece_before"], "ece_after": figures["ece_after"],
+                            "examples": figures["examples"], "split": "val"}
+        self.log("calibration/temperature", self.temperature, sync_dist=False)
+        self.log("calibration/val_ece_before", figures["ece_before"], sync_dist=False)
+        self.log("calibration/val_ece_after", figures["ece_after"], sync_dist=False)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._evaluate(batch, "val")
@@ -270,6 +325,7 @@ class IntentClassifier(BackboneModule):
     def on_test_epoch_start(self) -> None:
         self.misclassified = []
         self.test_report = None
+        self._test_confidence = []
 
     def on_test_epoch_end(self) -> None:
         matrix = self.test_confusion.compute().float()  # rows: gold, columns: predicted
@@ -279,14 +335,41 @@ class IntentClassifier(BackboneModule):
         self._log_oos("test")
         if self.oos_index is not None:
             self.test_report["oos_threshold"] = float(self.threshold)
+            self.test_report["oos_threshold_on"] = "calibrated"
+        self.test_report["most_confused"] = most_confused(matrix, self.metric_names)
+        self.test_report["calibration"] = self._test_calibration()
         for name, row in self.test_report["per_class"].items():
             self.log(f"test/f1/{name}", row["f1"])
+
+    def _test_calibration(self) -> dict:
+        """ECE of the raw and the calibrated confidences on the test split, with their reliability bins."""
+        local = torch.cat(self._test_confidence) if self._test_confidence else torch.zeros((0, 3), device=self.device)
+        self._test_confidence = []
+        rows = gather_rows(local).float().cpu()
+        temperature = float(self.temperature)
+        out = {"temperature": temperature, "fitted_on": self.calibration, "split": "test", "examples": len(rows),
+               "bins": BINS}
+        for name, column in (("before", 0), ("after", 1)):
+            out[f"ece_{name}"] = expected_calibration_error(rows[:, column], rows[:, 2])
+            out.setdefault("reliability", {})[name] = reliability_bins(rows[:, column], rows[:, 2])
+        return out
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["cs_lightning"]["calibration"] = self.calibration  # plain values: weights_only loads them
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self.calibration = (checkpoint.get("cs_lightning") or {}).get("calibration")
+        state = checkpoint.get("state_dict", {})
+        if "temperature" not in state:  # written before temperatures were fitted: the raw softmax
+            state["temperature"] = torch.tensor(1.0)
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
         """One dict per input: its id, the predicted label, its confidence and the top-k alternatives."""
         logits = self(**self.model_inputs(batch))
         preds, _ = self.decide(logits)
-        probs = logits.float().softmax(-1)
+        probs = self.probabilities(logits)
         k = min(self.hparams.top_k, probs.shape[-1])
         conf, idx = probs.topk(k, dim=-1)
         conf, idx, preds = conf.cpu().tolist(), idx.cpu().tolist(), preds.cpu().tolist()
