@@ -3,10 +3,12 @@ in the usual precisions: the estimate ``cs-train fit`` prints at its start, for 
 
 Nothing is downloaded: each model is built from its config (the published sizes, written below) on the meta device,
 as an intent classifier with 77 classes (Banking77), and LoRA r=16 goes on the attention and MLP projections (the
-default targets). Activations come on top and grow with batch size and length. Prints a Markdown table and, with
-``--json``, one JSON line per row.
+default targets). With ``--task reply`` the decoders (Qwen2.5) are built as causal language models instead, as a reply
+model fine-tunes them (``configs/qwen_reply_lora.yaml``; no head beyond the tied embeddings, no new tokens in the chat
+format). Activations come on top and grow with batch size and length. Prints a Markdown table and, with ``--json``, one
+JSON line per row.
 
-    python tools/memory_table.py [--json]
+    python tools/memory_table.py [--task intent|reply] [--json]
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import argparse
 import json
 
 import torch
-from transformers import AutoConfig, AutoModelForSequenceClassification
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from cs_lightning.models.adapters import adapter_settings, apply_adapters, head_modules
 from cs_lightning.models.memory import estimate_memory, format_bytes
@@ -48,8 +50,19 @@ RUNS = [("full", None, "32-true"), ("full", None, "bf16-mixed"), ("full", None, 
         ("LoRA r=16", {"method": "lora", "r": 16, "alpha": 32}, "bf16-true")]
 
 
-def build(dims: dict, peft: dict | None) -> torch.nn.Module:
+#: the models a reply task fine-tunes as causal language models
+DECODERS = ("qwen2",)
+
+
+def build(dims: dict, peft: dict | None, task: str = "intent") -> torch.nn.Module:
     dims = dict(dims)
+    if task == "reply":
+        config = AutoConfig.for_model(dims.pop("model_type"), **dims)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        if peft is not None:
+            model, _ = apply_adapters(model, adapter_settings(peft), "causal", [], [])
+        return model
     config = AutoConfig.for_model(dims.pop("model_type"), num_labels=77, **dims)
     with torch.device("meta"):
         model = AutoModelForSequenceClassification.from_config(config, dtype=torch.float32)
@@ -61,11 +74,14 @@ def build(dims: dict, peft: dict | None) -> torch.nn.Module:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--task", choices=("intent", "reply"), default="intent")
     args = parser.parse_args()
+    models = {name: dims for name, dims in MODELS.items()
+              if args.task == "intent" or dims["model_type"] in DECODERS}
     rows = []
-    for name, dims in MODELS.items():
+    for name, dims in models.items():
         for run, peft, precision in RUNS:
-            est = estimate_memory(build(dims, peft), precision)
+            est = estimate_memory(build(dims, peft, args.task), precision)
             rows.append(dict(model=name, run=run, precision=precision, trainable=est.trainable, total=est.total,
                              bytes=est.bytes))
     if args.json:
@@ -74,7 +90,7 @@ def main() -> None:
         return
     print("| model | parameters | " + " | ".join(f"{r} {p}" for r, _, p in RUNS) + " |")
     print("|---|---|" + "---|" * len(RUNS))
-    for name in MODELS:
+    for name in models:
         mine = [r for r in rows if r["model"] == name]
         lora = next(r for r in mine if r["run"] != "full")
         print(f"| {name} | {mine[0]['total'] / 1e6:,.0f}M (LoRA trains {lora['trainable'] / 1e6:.1f}M) | " +

@@ -12,6 +12,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter, Callback
 from cs_lightning.distributed import gather_lists
 from cs_lightning.export import export
 from cs_lightning.io import atomic_dir, atomic_path
+from cs_lightning.prompts import chat_messages
 
 
 class SaveArtifacts(Callback):
@@ -45,6 +46,11 @@ class SaveArtifacts(Callback):
 class PredictionWriter(BasePredictionWriter):
     """Writes the predictions of ``cs-train predict`` as JSON Lines, one line per input in input order.
 
+    Intent models: ``{"id", "text", "label", ...}``. Reply models: ``{"id", "reply"}`` for dialogue records, and for
+    ``{"messages": [...]}`` records the conversation in the same format with the one generated assistant message
+    appended, ``{"id", "messages": [...input messages, {"role": "assistant", "content": reply}]}`` (the input's own
+    system message kept, none added), so the output reads back as messages records.
+
     Args:
         output_file: where to write; the file appears whole or not at all.
     """
@@ -61,12 +67,17 @@ class PredictionWriter(BasePredictionWriter):
         records = getattr(trainer.datamodule, "predict_records", lambda: [])()
         order = {rec.id: i for i, rec in enumerate(records)}
         texts = {rec.id: rec.text for rec in records if hasattr(rec, "text")}
+        conversations = {rec.id: rec for rec in records if getattr(rec, "from_messages", False)}
         rows.sort(key=lambda row: order.get(row["id"], len(order)))
         with atomic_path(self.output_file) as tmp:
             with open(tmp, "w", encoding="utf-8") as f:
                 for row in rows:
                     if row["id"] in texts:
                         row = {"id": row["id"], "text": texts[row["id"]], **{k: v for k, v in row.items() if k != "id"}}
+                    elif row["id"] in conversations and "reply" in row:
+                        rec = conversations[row["id"]]
+                        row = {"id": row["id"], "messages": chat_messages(rec.context, rec.system)
+                               + [{"role": "assistant", "content": row["reply"]}]}
                     f.write(json.dumps(row, ensure_ascii=False) + "\n")
         print(f"Wrote {len(rows)} predictions to {self.output_file}")
 

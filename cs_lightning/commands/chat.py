@@ -1,11 +1,14 @@
 """``cs-chat --ckpt PATH``: talk to a trained reply model in the terminal; it keeps the conversation history and
 answers turn by turn. Reads only the checkpoint and the files saved beside it (tokenizer, config, rules); a chat-format
-model is asked in its chat template with the system prompt it was trained with."""
+model is asked in its chat template with the system prompt it was trained with, and its reply is printed as it is
+generated (greedy decoding; beam search prints the finished reply). The business rules hold while streaming: a token
+is shown once chosen, and blocked phrases are ruled out before a token is chosen."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import threading
 
 from cs_lightning.commands import run_command
 
@@ -31,9 +34,41 @@ def chat(ckpt: str, domain: str | None) -> None:
             print("(new conversation)", flush=True)
             continue
         history.append(Turn("user", text))
-        reply = model.reply_to(history, domain=domain, **settings)
+        if getattr(model, "chat", False) and model.hparams.num_beams <= 1:
+            reply = stream_reply(model, history, settings)
+        else:
+            reply = model.reply_to(history, domain=domain, **settings)
+            print(f"agent: {reply}", flush=True)
         history.append(Turn("agent", reply or "..."))
-        print(f"agent: {reply}", flush=True)
+
+
+def stream_reply(model, history: list, settings: dict) -> str:
+    """Print the next reply of a chat-format model as its tokens are generated (``generate`` runs in a thread and
+    feeds a ``TextIteratorStreamer``; words appear as they are complete, Chinese characters one by one); returns the
+    reply as ``reply_to`` gives it (whitespace runs as one space), which the history keeps. An error in the
+    generation is raised here, as without streaming."""
+    from transformers import TextIteratorStreamer
+
+    streamer = TextIteratorStreamer(model.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    result: dict = {}
+
+    def generate() -> None:
+        try:
+            result["reply"] = model.reply_to(history, **settings, streamer=streamer)
+        except BaseException as err:  # noqa: BLE001 - handed to the main thread, which raises it
+            result["error"] = err
+            streamer.end()  # the loop below stops waiting
+
+    worker = threading.Thread(target=generate, name="cs-chat-generate", daemon=True)
+    worker.start()
+    print("agent: ", end="", flush=True)
+    for piece in streamer:
+        print(piece, end="", flush=True)
+    worker.join()
+    print(flush=True)
+    if "error" in result:
+        raise result["error"]
+    return result["reply"]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -29,6 +29,7 @@ class Dialogue:
     intent: str | None = None
     line: int = 0
     system: str | None = None  # its own system message (messages records)
+    from_messages: bool = False  # read from a {"messages": [...]} record (predictions answer in that format)
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class ReplyExample:
     reply: str | None
     intent: str | None = None
     system: str | None = None
+    from_messages: bool = False
 
 
 def parse_dialogue(row: dict, path: Path, line: int, require_agent: bool = True) -> Dialogue:
@@ -116,7 +118,8 @@ def parse_messages(row: dict, path: Path, line: int, require_agent: bool = True)
                         fix="add the assistant's replies, or remove the conversation")
     domain = row.get("domain") if isinstance(row.get("domain"), str) else None
     intent = row.get("intent") if isinstance(row.get("intent"), str) else None
-    return Dialogue(str(row.get("id") or f"{path.name}:{line}"), domain, tuple(turns), intent, line, system)
+    return Dialogue(str(row.get("id") or f"{path.name}:{line}"), domain, tuple(turns), intent, line, system,
+                    from_messages=True)
 
 
 def read_dialogues(path: str | Path, require_agent: bool = True, file_format: str = "jsonl",
@@ -181,4 +184,4 @@ def reply_examples(dialogues: Sequence[Dialogue]) -> list[ReplyExample]:
 
 def prediction_examples(dialogues: Sequence[Dialogue]) -> list[ReplyExample]:
     """One example per dialogue: the whole conversation so far is the context of the next agent reply."""
-    return [ReplyExample(d.id, d.domain, d.turns, None, d.intent, d.system) for d in dialogues]
+    return [ReplyExample(d.id, d.domain, d.turns, None, d.intent, d.system, d.from_messages) for d in dialogues]

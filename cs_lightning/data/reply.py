@@ -28,7 +28,11 @@ def read_system_prompt(value: str | None) -> str | None:
     if value is None or not value.strip():
         return None
     single_line = "\n" not in value.strip() and len(value) < 1024
-    if single_line and Path(value).is_file():
+    try:
+        is_file = single_line and Path(value).is_file()
+    except OSError:  # text longer than a file name may be (255 bytes: 85 Chinese characters)
+        is_file = False
+    if is_file:
         text = Path(value).read_text(encoding="utf-8").strip()
         if not text:
             raise ConfigError("data.system_prompt", f"{value} is empty", "write the system prompt in the file")

@@ -218,8 +218,10 @@ class ReplyGenerator(BackboneModule):
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
-    def generate_replies(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[str]:
-        """Decoded replies for a batch of prompts (left-padded for causal models)."""
+    def generate_replies(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, streamer=None) -> list[str]:
+        """Decoded replies for a batch of prompts (left-padded for causal models). ``streamer``: a ``transformers``
+        streamer (one prompt, greedy) that receives the tokens as they are chosen; they are final, since the blocked
+        phrases are ruled out before a token is picked."""
         hp = self.hparams
         tok = self.tokenizer
         processors = LogitsProcessorList()
@@ -233,7 +235,7 @@ class ReplyGenerator(BackboneModule):
                 num_beams=hp.num_beams, do_sample=False, no_repeat_ngram_size=hp.no_repeat_ngram_size or None,
                 repetition_penalty=hp.repetition_penalty, pad_token_id=tok.pad_token_id,
                 eos_token_id=self.eos_token_ids,
-                logits_processor=processors)
+                logits_processor=processors, **({"streamer": streamer} if streamer is not None else {}))
         if self.causal:
             out = out[:, input_ids.shape[1]:]
         texts = tok.batch_decode(out, skip_special_tokens=True)
@@ -286,12 +288,13 @@ class ReplyGenerator(BackboneModule):
 
     @torch.no_grad()
     def reply_to(self, turns, domain: str | None = None, max_context_tokens: int = 192, max_history_turns: int = 6,
-                 domain_prefix: bool = True, max_length: int = 1024) -> str:
+                 domain_prefix: bool = True, max_length: int = 1024, streamer=None) -> str:
         """The next agent reply to a conversation (a list of ``Turn``), for chat and quick checks; the prompt is
         built exactly as in training (:class:`~cs_lightning.prompts.ReplyPrompt`, or in the chat format
         :class:`~cs_lightning.prompts.ChatPrompt` with the system prompt the model was trained with; ``domain``,
         ``max_context_tokens``, ``max_history_turns`` and ``domain_prefix`` are the marker format's, ``max_length``
-        the chat format's)."""
+        the chat format's). ``streamer`` receives the reply's tokens as they are generated (greedy search only:
+        ``transformers`` streams no beam search)."""
         if self.chat:
             prompt_ids = self.chat_prompt(max_length).prompt_ids(tuple(turns))
         else:
@@ -301,6 +304,6 @@ class ReplyGenerator(BackboneModule):
         ids = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
         was_training = self.training
         self.eval()
-        reply = self.generate_replies(ids, torch.ones_like(ids))[0]
+        reply = self.generate_replies(ids, torch.ones_like(ids), streamer=streamer)[0]
         self.train(was_training)
         return reply
