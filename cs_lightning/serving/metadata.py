@@ -1,8 +1,6 @@
-"""What serving needs to know about an export folder, read from its ``cs_lightning.json`` with defaults, so exports
-written before the metadata grew (format 1: no temperature, no out-of-scope threshold, no rules) serve too.
-
-Switch to ``cs_lightning.export.read_export`` once it exists: :func:`read_metadata` is the one place to change.
-"""
+"""What serving needs to know about an export folder: :func:`cs_lightning.export.read_export` (the one reader of
+``cs_lightning.json``, with defaults for exports written before the metadata grew), plus the serving defaults of
+what older exports do not say (top-k, prompt settings)."""
 
 from __future__ import annotations
 
@@ -33,14 +31,15 @@ def read_metadata(folder: str | Path, key: str) -> dict:
     if not config_file.is_file():
         raise ConfigError(key, f"{folder} has no config.json, so it is not a Hugging Face model folder",
                           "give the folder cs-export wrote")
+    from cs_lightning.export import read_export
+
     try:
+        found = read_export(folder)
         config = json.loads(config_file.read_text(encoding="utf-8"))
-        meta_file = folder / "cs_lightning.json"
-        found = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else {}
+    except ConfigError as err:  # named after the option the folder came by
+        raise ConfigError(key, str(err).split(": ", 1)[-1]) from None
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ConfigError(key, f"{folder}: unreadable metadata ({err})", "export the model again") from None
-    if not isinstance(found, dict):
-        raise ConfigError(key, f"{folder}/cs_lightning.json does not hold an object", "export the model again")
+        raise ConfigError(key, f"{folder}: unreadable config.json ({err})", "export the model again") from None
     meta = {**DEFAULTS, **{k: v for k, v in found.items() if v is not None or k in ("oos_threshold", "onnx")}}
     if meta["task"] is None:
         archs = " ".join(config.get("architectures") or [])
