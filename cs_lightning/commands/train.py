@@ -193,6 +193,13 @@ class CSLightningCLI(LightningCLI):
             # read here with weights_only, as every file named directly is (_parse_ckpt_path): some strategies
             # (FSDP's full checkpoints) restore through an unpickler of their own that would run code
             self._checkpoint(last)
+        elif self.subcommand == "fit" and cfg.get("ckpt_path"):
+            named = Path(cfg.ckpt_path if cfg.ckpt_path != "best" else
+                         self._find_checkpoint(Path(cfg.checkpoint.dirpath), "best"))
+            if named.is_file() and "optimizer_states" not in self._checkpoint(named):
+                raise ConfigError("ckpt_path", f"{named} holds the weights only (best checkpoints do: they are for "
+                                               "test, validate, predict and cs-export), not a training state to resume",
+                                  "resume with --ckpt_path last")
 
     def _checkpoint(self, path) -> dict:
         """The checkpoint at ``path`` read once with weights_only and mapped, not loaded: its hyper-parameters are
