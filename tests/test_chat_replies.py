@@ -20,6 +20,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 from conftest import write
 from cs_lightning.prompts import ChatPrompt, Turn
 from cs_lightning.rules import PhraseMatcher, canonical
+from test_chat_format import MESSAGES as CHAT_FORMAT_MESSAGES
 from test_constraints import CORPUS, SENTENCES, Force, spellings
 
 SYSTEM = "you help shop customers"
@@ -178,15 +179,7 @@ def test_cs_chat_streaming_errors_stay_one_line(tmp_path, monkeypatch, capsys):
 
 
 # ---------------------------------------------------------------------------------------------------- predict, export
-MESSAGES = [
-    {"id": "m1", "messages": [{"role": "system", "content": "You are the shop's agent."},
-                              {"role": "user", "content": "where is my parcel"},
-                              {"role": "assistant", "content": "it arrives in 2 days"},
-                              {"role": "user", "content": "thanks"},
-                              {"role": "assistant", "content": "you are welcome"}]},
-    {"messages": [{"role": "user", "content": "i want a refund"},
-                  {"role": "assistant", "content": "the refund takes 5 days"}]},
-]
+MESSAGES = CHAT_FORMAT_MESSAGES[:2]  # the two messages-format records (a system message in the first)
 
 
 @pytest.fixture(scope="module")
