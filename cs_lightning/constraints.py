@@ -118,3 +118,10 @@ def blocked_phrases_processor(matcher: PhraseMatcher, tokenizer, prompt_length: 
         return tokenizer.batch_decode(rows, **decode_kwargs)
 
     return BlockedPhrases(matcher, decode, prompt_length, max_new_tokens, eos, keep=keep, sample=sample)
+
+
+def template_tokens(tokenizer, end_ids: Sequence[int]) -> list[int]:
+    """The special tokens a chat reply must never contain: every special token of the tokenizer but the ones that end
+    the reply (``<|im_start|>`` mid-reply would open a new turn that decoding hides). For ``suppress_tokens``."""
+    ends = {int(i) for i in end_ids if i is not None}
+    return sorted(set(tokenizer.all_special_ids) - ends)

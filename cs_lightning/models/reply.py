@@ -12,7 +12,7 @@ from torchmetrics import MeanMetric, SumMetric
 from torchmetrics.text import CHRFScore, ROUGEScore, SacreBLEUScore
 from transformers import LogitsProcessorList
 
-from cs_lightning.constraints import blocked_phrases_processor
+from cs_lightning.constraints import blocked_phrases_processor, template_tokens
 from cs_lightning.distributed import global_mean
 from cs_lightning.models.base import BackboneModule
 from cs_lightning.errors import ConfigError
@@ -234,8 +234,9 @@ class ReplyGenerator(BackboneModule):
                 input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=hp.max_new_tokens,
                 num_beams=hp.num_beams, do_sample=False, no_repeat_ngram_size=hp.no_repeat_ngram_size or None,
                 repetition_penalty=hp.repetition_penalty, pad_token_id=tok.pad_token_id,
-                eos_token_id=self.eos_token_ids,
-                logits_processor=processors, **({"streamer": streamer} if streamer is not None else {}))
+                eos_token_id=self.eos_token_ids, logits_processor=processors,
+                suppress_tokens=(template_tokens(tok, self.eos_token_ids) or None) if self.chat else None,
+                **({"streamer": streamer} if streamer is not None else {}))
         if self.causal:
             out = out[:, input_ids.shape[1]:]
         texts = tok.batch_decode(out, skip_special_tokens=True)
