@@ -381,3 +381,35 @@ def test_onnx_runtime_answers_like_pytorch(exports, tmp_path):
             assert answer["top_k"][0]["label"] == expected["label"]
     finally:
         srv.stop()
+
+
+def test_int8_onnx_answers_do_not_depend_on_the_batch(exports, tmp_path):
+    """An int8 export's activations are quantized with one scale per tensor, so cs-serve runs its texts one at a time:
+    a text answered in a batch gets exactly its answer alone."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    quantization = pytest.importorskip("onnxruntime.quantization")
+    folder = tmp_path / "intent_int8"
+    shutil.copytree(exports["intent"], folder)
+    model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    ids = torch.ones(2, 7, dtype=torch.long)
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    torch.onnx.export(model, (ids, torch.ones_like(ids), torch.zeros_like(ids)), str(tmp_path / "fp32.onnx"),
+                      input_names=names, output_names=["logits"], dynamo=False,
+                      dynamic_axes={n: {0: "batch", 1: "sequence"} for n in names})
+    quantization.quantize_dynamic(str(tmp_path / "fp32.onnx"), str(folder / "model.int8.onnx"),
+                                  weight_type=quantization.QuantType.QInt8, per_channel=True)
+    meta = json.loads((folder / "cs_lightning.json").read_text())
+    (folder / "cs_lightning.json").write_text(json.dumps({**meta, "onnx": {"file": "model.int8.onnx",
+                                                                           "quantize": "int8"}}))
+    srv = Server(tmp_path, "--intent", str(folder), "--onnx")
+    try:
+        srv.wait_ready()
+        longer = TEXTS + ["my parcel is lost and the courier status has not changed for a week, refund please"]
+        status, batch, _ = call(srv.port, "POST", "/v1/intent", {"texts": longer})
+        assert status == 200
+        for text, answer in zip(longer, batch["results"]):
+            assert call(srv.port, "POST", "/v1/intent", {"text": text})[1] == answer
+    finally:
+        srv.stop()

@@ -1,5 +1,6 @@
 """``cs-serve --intent DIR [--reply DIR]``: serve an intent export, a reply export, or both, from one process:
-``POST /v1/intent``, ``POST /v1/chat/completions`` (OpenAI-compatible), ``GET /health``, ``GET /metrics``.
+``POST /v1/intent``, ``POST /v1/chat/completions`` (OpenAI-compatible), ``GET /health``, ``GET /metrics``, and a chat
+page at ``GET /``.
 Binds 127.0.0.1 unless given an API key; SIGTERM finishes the requests in flight and exits 0."""
 
 from __future__ import annotations

@@ -1,11 +1,12 @@
 """``cs-serve``: intent and reply exports over HTTP from one process (``POST /v1/intent``,
-``POST /v1/chat/completions``, ``GET /health``, ``GET /metrics``, ``GET /v1/models``).
+``POST /v1/chat/completions``, ``GET /health``, ``GET /metrics``, ``GET /v1/models``, ``GET /`` the chat page).
 
 - :mod:`~cs_lightning.serving.metadata`: an export's ``cs_lightning.json`` with defaults (old exports serve too);
 - :mod:`~cs_lightning.serving.requests`: body limits, UTF-8, JSON and field checks, errors as one JSON line;
 - :mod:`~cs_lightning.serving.batching`: dynamic batching, one inference thread per model;
 - :mod:`~cs_lightning.serving.intent` and :mod:`~cs_lightning.serving.chat`: the two models, each in LitServe's
   ``LitAPI`` shape (``setup``, ``decode_request``, ``predict``, ``encode_response``);
+- :mod:`~cs_lightning.serving.page`: the chat page (``static/chat.html``, vanilla JS, no build step);
 - :mod:`~cs_lightning.serving.metrics`: Prometheus text; :mod:`~cs_lightning.serving.app`: routes and the API-key
   gate; :mod:`~cs_lightning.serving.server`: host/key checks, the socket, uvicorn, SIGTERM.
 

@@ -18,10 +18,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cs_lightning.serving.batching import DynamicBatcher
 from cs_lightning.serving.metrics import Metrics
+from cs_lightning.serving.page import chat_page
 from cs_lightning.serving.requests import RequestError, read_json
 
-ENDPOINTS = ("/v1/intent", "/v1/chat/completions", "/v1/models", "/health", "/metrics")
-OPEN = ("/health",)  # answered without the API key: load balancers probe it
+ENDPOINTS = ("/v1/intent", "/v1/chat/completions", "/v1/models", "/health", "/metrics", "/")
+OPEN = ("/health", "/")  # answered without the API key: load balancers probe /health; the page asks for the key
 
 
 @dataclass
@@ -95,7 +96,8 @@ def error_response(err: RequestError) -> JSONResponse:
 
 class Gate:
     """ASGI middleware: the API key (``Authorization: Bearer KEY`` or ``X-API-Key: KEY``) on every path but
-    ``/health``, request counts and latencies, requests in flight."""
+    ``/health`` and ``/`` (the chat page, which asks for the key itself), request counts and latencies, requests in
+    flight."""
 
     def __init__(self, app, service: Service):
         self.app, self.service = app, service
@@ -169,6 +171,11 @@ def build_app(service: Service) -> FastAPI:
     async def health():
         body = {"status": "ready" if service.ready else "loading", "models": service.models()}
         return JSONResponse(body, status_code=200 if service.ready else 503)
+
+    @app.get("/")
+    async def page():
+        html, headers = chat_page()
+        return Response(html, media_type="text/html; charset=utf-8", headers=headers)
 
     @app.get("/metrics")
     async def metrics():

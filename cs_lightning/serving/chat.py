@@ -210,7 +210,7 @@ class ChatAPI:
         from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
         from transformers.generation.streamers import BaseStreamer
 
-        from cs_lightning.constraints import blocked_phrases_processor
+        from cs_lightning.constraints import blocked_phrases_processor, template_tokens
 
         tok, settings = self.tokenizer, self.generation
         prompt = self._prompt_ids(request)
@@ -255,6 +255,7 @@ class ChatAPI:
                 num_beams=beams, no_repeat_ngram_size=settings["no_repeat_ngram_size"],
                 repetition_penalty=settings["repetition_penalty"], pad_token_id=tok.pad_token_id,
                 eos_token_id=self.eos, logits_processor=processors,
+                suppress_tokens=(template_tokens(tok, self.eos) or None) if self.chat_prompt is not None else None,
                 stopping_criteria=StoppingCriteriaList([Cancelled()]),
                 streamer=Stream() if on_text is not None and beams == 1 else None, **extra)
         new = out[0, ids.shape[1]:] if self.causal else out[0, 1:]
