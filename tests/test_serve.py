@@ -140,13 +140,16 @@ def exports(intent_checkpoint, reply_checkpoint, tmp_path_factory):
     meta.update(temperature=2.0, oos_label="oos", oos_threshold=threshold, oos_threshold_on="calibrated")
     (intent / "cs_lightning.json").write_text(json.dumps(meta))
     reply = export(reply_checkpoint, root / "reply")
-    said = offline_reply(reply, "where is my parcel")
+    # a message the tiny model answers with words (what it says depends on how its few steps went)
+    ask, said = next(((ask, said) for ask in ("where is my parcel", "i want a refund", "my card is lost")
+                      if (said := offline_reply(reply, ask))), ("where is my parcel", ""))
+    assert said, "the tiny reply model answers every test message with nothing"
     word = max(said.split(), key=len)
     rules = root / "rules.yaml"
     rules.write_text(json.dumps({"blocked_phrases": [word], "required": [
-        {"name": "apology", "when_context": "parcel", "pattern": "sorry"}]}))
+        {"name": "apology", "when_context": "parcel|refund|card", "pattern": "sorry"}]}))
     return {"root": root, "intent": intent, "reply": reply, "rules": rules, "threshold": threshold,
-            "offline": offline, "said": said, "blocked": word}
+            "offline": offline, "ask": ask, "said": said, "blocked": word}
 
 
 @pytest.fixture(scope="module")
@@ -213,7 +216,7 @@ def test_chat_completion_follows_the_rules(server, exports):
     said, blocked = exports["said"], exports["blocked"]
     status, body, _ = call(server.port, "POST", "/v1/chat/completions", {
         "model": "anything", "messages": [{"role": "system", "content": "be nice"},
-                                          {"role": "user", "content": "where is my parcel"}]})
+                                          {"role": "user", "content": exports["ask"]}]})
     assert status == 200, body
     assert body["object"] == "chat.completion" and body["choices"][0]["message"]["role"] == "assistant"
     content = body["choices"][0]["message"]["content"]
