@@ -22,6 +22,20 @@ CHAT_TEXTS = ["you are the customer service agent of an online shop", "your parc
               "你好，请给我推荐一家餐馆", "这家酒店的评分是4.5分，价格是每晚500元"]
 
 
+def fit_logged(args: list[str]) -> list[str]:
+    """``cs-train fit`` in this process; the lines it logged on rank zero."""
+    messages: list[str] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    logger.addHandler(handler)
+    try:
+        main(["fit", *args])
+    finally:
+        logger.removeHandler(handler)
+    return messages
+
+
 def tiny_hub_folder(folder: Path, model_type: str, dtype: torch.dtype, tokenizer_kind: str | None = None,
                     causal_lm: bool = False) -> Path:
     """A random tiny ``model_type`` with its tokenizer (the family's kind, or ``tokenizer_kind``), written by
@@ -51,17 +65,9 @@ def test_hub_config_trains_offline_on_a_tiny_substitute(config, model_type, hub_
     assert written["backbone"] == "auto" and written["model_name_or_path"] == hub_name
     assert "Needs a download" in text  # said in the header comment
     folder = tiny_hub_folder(Path("tiny"), model_type, dtype)
-    messages = []
-    handler = logging.Handler(logging.INFO)
-    handler.emit = lambda record: messages.append(record.getMessage())
-    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    logger.addHandler(handler)
-    try:
-        main(["fit", "--config", str(CONFIGS / config), "--model.model_name_or_path", str(folder),
-              "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1",
-              "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"])
-    finally:
-        logger.removeHandler(handler)
+    messages = fit_logged(["--config", str(CONFIGS / config), "--model.model_name_or_path", str(folder),
+                           "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1",
+                           "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"])
     experiment = Path(config).stem
     ckpts = Path("logs") / experiment / "checkpoints"
     assert (ckpts / "last.ckpt").is_file() and list(ckpts.glob("best*.ckpt"))
@@ -96,19 +102,11 @@ def test_chat_reply_config_trains_offline_on_a_tiny_qwen2(config, data, system):
     if data:  # the config names ../shared/data relative to the checkout; the test runs in its own folder
         extra = [f"--data.train_file={shared_file(*data)}"]
     folder = tiny_hub_folder(Path("tiny"), "qwen2", torch.bfloat16, tokenizer_kind="bpe-chatml", causal_lm=True)
-    messages = []
-    handler = logging.Handler(logging.INFO)
-    handler.emit = lambda record: messages.append(record.getMessage())
-    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    logger.addHandler(handler)
-    try:
-        main(["fit", "--config", str(CONFIGS / config), "--model.model_name_or_path", str(folder), *extra,
-              "--model.max_new_tokens=8", "--data.batch_size=2", "--data.max_length=256",
-              "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
-              "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false",
-              "--trainer.enable_model_summary=false"])
-    finally:
-        logger.removeHandler(handler)
+    messages = fit_logged(["--config", str(CONFIGS / config), "--model.model_name_or_path", str(folder), *extra,
+                           "--model.max_new_tokens=8", "--data.batch_size=2", "--data.max_length=256",
+                           "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
+                           "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false",
+                           "--trainer.enable_model_summary=false"])
     ckpts = Path("logs") / Path(config).stem / "checkpoints"
     assert (ckpts / "last.ckpt").is_file() and list(ckpts.glob("best*.ckpt"))
     raw = torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=True)
