@@ -42,7 +42,9 @@ def test_sbatch_script_checkpoints_requeues_and_resumes(tmp_path):
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "SLURM_JOB_ID": "4242", "SCONTROL_LOG": str(tmp_path / "scontrol.log"), "CONFIG": str(tiny_config(tmp_path)),
            "PRESET": str(CONFIGS / "trainer" / "cpu.yaml"), "EXPERIMENT": "slurm", "NODES": "1", "GPUS_PER_NODE": "1",
-           "EXTRA_ARGS": "--trainer.max_epochs=500 --trainer.enable_progress_bar=false"}
+           # last.ckpt at every epoch: its appearing is how the test knows training is under way (the default
+           # write interval would write it only at the signal)
+           "EXTRA_ARGS": "--trainer.max_epochs=500 --trainer.enable_progress_bar=false --checkpoint.write_interval=0"}
     script = str(REPO / "tools" / "slurm" / "train_ddp.sbatch")
     job = subprocess.Popen(["bash", script], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                            text=True)
@@ -57,7 +59,8 @@ def test_sbatch_script_checkpoints_requeues_and_resumes(tmp_path):
     stopped = torch.load(ckpt, weights_only=True)
     assert 0 < stopped["epoch"] < 499
     # the requeued job: same script, finds last.ckpt and resumes (one more epoch, then done)
-    env["EXTRA_ARGS"] = f"--trainer.max_epochs={stopped['epoch'] + 2} --trainer.enable_progress_bar=false"
+    env["EXTRA_ARGS"] = (f"--trainer.max_epochs={stopped['epoch'] + 2} --trainer.enable_progress_bar=false "
+                         "--checkpoint.write_interval=0")
     again = subprocess.run(["bash", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
     assert "resuming slurm" in again.stdout
