@@ -171,15 +171,12 @@ def _intent_metadata(module, data: dict) -> dict:
 
 
 def _reply_metadata(module, data: dict) -> dict:
-    """The system prompt, the business rules (the rules file's content) and the decoding settings of a reply model."""
-    import yaml
-
-    source = getattr(getattr(module, "rules", None), "source", "")
-    rules = None
-    if source and Path(source).is_file():
-        # YAML or JSON, validated when training read it
-        rules = yaml.safe_load(Path(source).read_text(encoding="utf-8-sig")) or {}
-    system_prompt = data.get("system_prompt")
+    """The system prompt, the business rules (a rules file's content, as the model holds them: nothing is read again
+    from a path that may not exist where the export is made) and the decoding settings of a reply model."""
+    rules = getattr(module, "rules", None)
+    rules = rules.as_dict() if rules is not None and (rules.blocked_phrases or rules.required or rules.forbidden) \
+        else None
+    system_prompt = module.hparams.get("system_message") or data.get("system_prompt")
     if isinstance(system_prompt, str) and "\n" not in system_prompt and len(system_prompt) < 4096:
         try:
             if Path(system_prompt).is_file():  # data.system_prompt may name a file
