@@ -1,85 +1,93 @@
-"""Training throughput of cs-lightning against a plain PyTorch loop and the Hugging Face Trainer.
+"""Whole-epoch training time of cs-lightning against a plain PyTorch loop and the Hugging Face Trainer.
 
-The same model is trained on the same token ids with the same batch size, precision, threads and optimizer, four ways,
-each in a fresh subprocess (``python tools/benchmark.py --runner NAME ...`` re-invokes this file and prints one JSON
-line of results):
+The headline is the wall time of one whole epoch of Banking77's training split (every example once), the same model,
+optimizer, precision and threads, four ways, each in a fresh subprocess (``python tools/benchmark.py --runner NAME``
+re-invokes this file and prints one JSON line), each with its own natural batching:
 
 ``plain``
     A hand-written loop over cs-lightning's own pieces: the ``IntentDataModule``/``DialogueDataModule`` built from the
     config (cached tokens, ``LengthGroupedBatchSampler``, ``PadCollator``), the ``IntentClassifier``/``ReplyGenerator``
-    module's forward and loss, and the optimizer and schedule its ``configure_optimizers()`` returns (AdamW fused on
-    GPU / foreach on CPU, decay and no-decay groups, linear warm-up then decay). No Lightning Trainer:
-    forward, backward, ``optimizer.step()``, ``scheduler.step()``, ``zero_grad(set_to_none=True)``. So
-    ``cs_vs_plain`` is the cost of the framework alone (Trainer, callbacks, logging), nothing else.
+    module's forward and loss, and the optimizer and schedule its ``configure_optimizers()`` returns (fused AdamW,
+    decay and no-decay groups, linear warm-up then decay). No Lightning Trainer: forward, backward,
+    ``optimizer.step()``, ``scheduler.step()``, ``zero_grad(set_to_none=True)``. So ``cs_vs_plain`` is the cost of the
+    framework (Trainer, callbacks, logging) and what ``cs-train`` sets up for the process, nothing else.
 ``cs``
     cs-lightning as users run it: ``cs-train fit --config configs/<case>.yaml`` (``CSLightningCLI`` with its default
     callbacks: progress bar, TensorBoard logger, ``BestAndLastCheckpoint``, ``LearningRateMonitor``, artifacts...),
-    with overrides for the step count, no validation and a temporary log folder. A small callback is appended to
-    time the steps; nothing else changes.
+    with overrides for one epoch, no validation and a temporary log folder. A small callback is appended to time the
+    epoch; nothing else changes.
 ``hf`` / ``hf_grouped``
-    ``transformers.Trainer`` on the same token ids (taken from the data module's tokenized training set, as a list of
-    dicts), ``DataCollatorWithPadding``, ``AutoModelForSequenceClassification`` from the same weights (or the same
-    random-init config), the same learning rate, weight decay, warm-up share, label smoothing and AdamW
-    implementation, no gradient clipping (cs-lightning does not clip by default), ``report_to="none"``, no saving, no
-    evaluation, default data-loader settings. ``hf`` samples random batches (the Trainer's default);
-    ``hf_grouped`` sets ``train_sampling_strategy="group_by_length"`` (the transformers 5 name of the old
-    ``group_by_length=True``). Banking77 only. Note that HF's grouped sampler serves each mega-batch longest batch
-    first (cs-lightning shuffles its length-grouped batches), so a short timed window sees hf_grouped's longer
-    batches: ``mean_padded_length`` shows it, and ``tokens_per_s`` is the fairer figure for that pair.
+    ``transformers.Trainer`` on the same token ids (the data module's tokenized training set, as a list of dicts),
+    ``DataCollatorWithPadding``, ``AutoModelForSequenceClassification`` from the same weights (or the same random-init
+    config), the same learning rate, weight decay, warm-up share and label smoothing, the Trainer's default optimizer
+    (torch AdamW, fused, as cs-lightning's), no gradient clipping (cs-lightning does not clip by default),
+    ``report_to="none"``, no saving, no evaluation, default data-loader settings. ``hf`` samples random batches (the
+    Trainer's default); ``hf_grouped`` sets ``train_sampling_strategy="group_by_length"`` (the transformers 5 name of
+    the old ``group_by_length=True``: mega-batches of 50 batches sorted by length, longest first). Banking77 only.
 
 Cases: ``banking77`` (``configs/bert_intent_banking77.yaml`` on ``<data-dir>/banking77/train.csv``: intent
-classification, short messages) and ``sgd`` (``configs/gpt_reply_sgd.yaml`` on ``<data-dir>/sgd_subset/train``:
-multi-turn reply generation with up to 128 context + 48 reply tokens, GPT from scratch; runners plain and cs only).
-Validation is off everywhere (``val_fraction 0``, no val/test file), so only training is timed.
+classification, short messages; 10,003 examples, 313 steps of 32) and ``sgd`` (``configs/gpt_reply_sgd.yaml`` on
+``<data-dir>/sgd_subset/train``: multi-turn reply generation, GPT from scratch; runners plain and cs only; ``--set
+data.prompt_format=chat`` measures the whole-conversation chat format). Validation is off everywhere
+(``val_fraction 0``, no val/test file), so only training is timed.
+
+``--same-batches`` feeds every runner the identical batch sequence instead (cs-lightning's length-grouped first
+epoch, its one short batch moved last), so the per-step cost of each framework is compared on identical tensors;
+``hf`` and ``hf_grouped`` are then one runner. ``--profile`` adds where the epoch's time goes: collation, forward,
+backward (loss included), optimizer step, and the rest (hooks, logging, progress bar, scheduler, ``zero_grad``,
+fetching samples), from hooks on the model and the optimizer.
 
 Runs alternate and repeat: repeat 1 runs plain, cs, hf, hf_grouped, repeat 2 the reverse, and so on; each figure is
-the median over the repeats, so a noisy neighbour on the machine moves all runners alike.
+the median over the repeats (min-max beside it), so a noisy neighbour on the machine moves all runners alike.
 
 How to run::
 
-    python tools/benchmark.py --quick                  # MiniLM, 1,500 Banking77 examples, 1+6 steps: ~2 min on 2 cores
-    python tools/benchmark.py                          # full: all of Banking77 and the SGD case, 5+20 steps
-                                                       # (about 5 minutes on 2 CPU cores)
+    python tools/benchmark.py --quick           # a fixed 800-example subset, one thread: about 3 minutes on 2 cores
+    python tools/benchmark.py --cases banking77 # the headline: whole Banking77 epochs (about 20 minutes on 2 cores)
+    python tools/benchmark.py                   # plus the SGD reply case
+    python tools/benchmark.py --same-batches --profile --cases banking77   # per-step cost on identical batches
     python tools/benchmark.py --device cuda --precision bf16-mixed --model-size bert-base --out bench.json
     python tools/benchmark.py --runner cs --case banking77 --quick   # one runner once, one JSON line
 
 Options: ``--device cpu|cuda``, ``--precision 32-true|bf16-mixed|16-mixed`` (16-mixed needs CUDA),
 ``--model-size minilm`` (all-MiniLM-L6-v2 offline weights, as the configs use) or ``bert-base`` (a random-init
 BERT-base: 12 layers, hidden 768, on MiniLM's uncased 30,522-token vocabulary, so the token ids stay the same; for the
-SGD case: GPT-2 base size), ``--batch-size`` (32), ``--repeats`` (3), ``--warmup`` W and ``--steps`` N, ``--runners``,
-``--cases``, ``--threads`` (the same ``torch.set_num_threads`` in every runner; default torch's, but 1 for ``--quick``
-on CPU, since two threads on a busy 2-core machine stall each other), ``--out FILE`` (also write the JSON).
+SGD case: GPT-2 base size), ``--batch-size`` (32), ``--repeats`` (3), ``--train-limit`` (a seeded sample of
+Banking77), ``--runners``, ``--cases``, ``--threads`` (the same ``torch.set_num_threads`` in every runner; default
+torch's, but 1 for ``--quick`` on CPU, since two threads on a busy 2-core machine stall each other), ``--set
+data.KEY=VALUE`` (plain and cs runners: measure one option), ``--out FILE`` (also write the JSON).
 
 What each number means (every runner measures the same way):
 
-- steps are counted at the end of each optimizer step (after ``scheduler.step()``); the first W steps are warm-up and
-  are not timed; the clock runs from the end of step W to the end of step W+N (on CUDA with a synchronize at both
-  ends), so every cost between two steps (data loading, collation, hooks, logging, progress bar) is included;
-- ``samples_per_s``: samples in steps W+1..W+N divided by those seconds; ``step_ms``: seconds per step;
-- ``tokens_per_s``: real (non-pad) tokens per second, the sum of ``attention_mask`` over those batches;
-- ``pad_fraction``: the share of computed positions that are padding (1 - non-pad / padded tokens);
-- ``first_step_s``: from the moment the parent started the subprocess to the end of the first optimizer step
-  (interpreter start, imports, reading and tokenizing with a warm token cache, model load, trainer set-up); the
-  parent builds each case's data module once before the runs, so tokenizers and token caches are warm;
+- ``epoch_s``: from just before the runner asks its data loader for the epoch's first batch (cs: the
+  ``on_train_epoch_start`` hook; HF: ``on_epoch_begin``) to the end of the epoch's last optimizer step (on CUDA with
+  a synchronize at both ends): every cost in between (data loading, collation, hooks, logging, progress bar)
+  included; start-up (imports, model load, trainer set-up) is ``startup_s``, from the moment the parent started the
+  subprocess (the parent builds each case's data module first, so tokenizers and token caches are warm); what
+  follows the last step (a checkpoint at the end of training, teardown) is in no figure: the process ends there;
+- ``samples_per_s`` and ``tokens_per_s`` (real, non-pad tokens): over the whole epoch; ``pad_fraction``: the share
+  of computed positions that are padding; every run checks it trained on every example of the split once;
+- ``window_samples_per_s`` / ``window_tokens_per_s``: the old figures, steps W+1..W+N of the epoch (5+20; the
+  window holds different batches for different samplers, so it does not compare runners: the epoch does);
 - ``peak_rss_mb``: the process's peak resident memory (``ru_maxrss``); ``peak_gpu_mb``: ``max_memory_allocated``;
-- ``cpu_util``: CPU seconds the process used in the timed steps / (seconds x threads); on a CPU run, well under 1
+- ``cpu_util``: CPU seconds the process used in the epoch / (seconds x threads); on a CPU run, well under 1
   means the runner was starved by other load on the machine, so its figures are not to be trusted;
-- ``mfu`` (CUDA only): model-FLOPs utilisation, ``6 * N * T / t / P``, where T is the padded tokens actually computed
-  in the timed steps (batch x padded length, summed), t their seconds, P the device's dense bf16 peak (H100/H200:
+- ``mfu`` (CUDA only): model-FLOPs utilisation over the epoch, ``6 * N * T / t / P``, where T is the padded tokens
+  computed (batch x padded length, summed), t the epoch's seconds, P the device's dense bf16 peak (H100/H200:
   989e12 FLOP/s, A100: 312e12; ``--peak-flops`` for other cards) and N the parameters of the matrix-multiply layers
   (weights and biases of ``nn.Linear`` and GPT-2's ``Conv1D``, a tied LM head counted once; embedding tables and
   norms left out, as they cost no matmul), reported as ``params_matmul`` beside ``params``: 2N FLOPs per token
-  forward, 4N backward. Attention-score FLOPs (about ``12 * layers * seq * hidden`` per token) are left out too, so
-  MFU slightly underestimates long sequences. In 32-true it is still relative to the bf16 peak.
-- ratios: ``cs_vs_plain`` = median samples/s of cs / median samples/s of plain (Banking77); 0.95 means cs runs at
-  95% of the plain loop's speed. ``cs_vs_hf`` and ``cs_vs_hf_grouped`` likewise against the two HF Trainer runs.
+  forward, 4N backward. Attention-score FLOPs are left out too, so MFU slightly underestimates long sequences. In
+  32-true it is still relative to the bf16 peak. Fixed-length MFU: ``--set data.pad_to_buckets=[128] --runners cs``.
+- ratios: ``cs_vs_plain`` = median epoch time of plain / median epoch time of cs (Banking77); above 1 means
+  cs-lightning finishes the epoch first. ``cs_vs_hf`` and ``cs_vs_hf_grouped`` likewise; ``window_ratios`` holds the
+  old windowed samples/s ratios for comparison.
 
-``--quick`` is a short measurement (12 processes, six timed steps each after one warm-up step, about two minutes on
-2 CPU cores): enough for stable ratios on CPU (the three repeats agree within a few per cent), not for absolute
-numbers; take published numbers from the full run or a GPU run.
+``--quick`` runs whole epochs of a fixed, seeded 800-example subset (25 steps): enough for the ratios on CPU, not
+for absolute numbers. On so small a set the HF Trainer's grouped sampler shrinks its mega-batches (as
+it caps them at a quarter of the data: 6 batches), so ``hf_grouped`` pads more there than on the whole split.
 
-A runner process ends right after its last timed step (what would follow, such as cs-train's checkpoint at the end
-of training, is outside every figure). The last line printed is one JSON object; a readable table comes before it.
+The last line printed is one JSON object; a readable table comes before it.
 """
 
 from __future__ import annotations
@@ -89,6 +97,7 @@ import csv
 import importlib
 import inspect
 import json
+import math
 import os
 import platform
 import random
@@ -110,7 +119,7 @@ CASES = {
     "sgd": ("configs/gpt_reply_sgd.yaml", "sgd_subset/train", ("plain", "cs")),
 }
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
-QUICK = {"train_limit": 1500, "warmup": 1, "steps": 6, "cases": "banking77"}
+QUICK = {"train_limit": 800, "warmup": 2, "steps": 10, "cases": "banking77"}
 FULL = {"warmup": 5, "steps": 20, "cases": "banking77,sgd"}
 H100_BF16_DENSE = 989e12  # FLOP/s, dense bf16, H100 SXM and H200
 
@@ -130,20 +139,28 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
-                        help=f"MiniLM on {QUICK['train_limit']} Banking77 examples, {QUICK['warmup']}+{QUICK['steps']} "
-                             "steps, no SGD case (under 3 minutes on 2 CPU cores)")
+                        help=f"one epoch of a fixed {QUICK['train_limit']}-example subset of Banking77 per run, one "
+                             "thread, no SGD case (about 3 minutes on 2 CPU cores)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
     parser.add_argument("--precision", choices=PRECISIONS, default="32-true")
     parser.add_argument("--model-size", choices=("minilm", "bert-base"), default="minilm")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3, help="runs of each runner; figures are medians")
-    parser.add_argument("--steps", type=int, default=None, help="timed steps N (default: 6 quick, 20 full)")
-    parser.add_argument("--warmup", type=int, default=None, help="untimed warm-up steps W (default: 1 quick, 5 full)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="the secondary window: steps W+1..W+N of the epoch (N default: 10 quick, 20 full)")
+    parser.add_argument("--warmup", type=int, default=None, help="the window starts after step W (2 quick, 5 full)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also time the phases of every step (collate, forward, backward, optimizer, the rest): "
+                             "where the epoch goes; the hooks cost a little, so keep headline runs without it")
+    parser.add_argument("--same-batches", action="store_true",
+                        help="feed every runner cs-lightning's batch sequence of the first epoch (identical tensors: "
+                             "compares per-step framework cost; hf and hf_grouped are then one runner)")
     parser.add_argument("--runners", default=",".join(RUNNERS), help="comma-separated subset of " + ",".join(RUNNERS))
     parser.add_argument("--cases", default=None,
                         help="comma-separated: banking77,sgd (default: both; --quick: banking77)")
     parser.add_argument("--train-limit", type=int, default=None,
-                        help="use this many training examples of Banking77 (a seeded sample; --quick: 1500)")
+                        help=f"use this many training examples of Banking77 (a seeded sample; --quick: "
+                             f"{QUICK['train_limit']})")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads in every runner (default: torch's; --quick on CPU: 1)")
     parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
@@ -159,6 +176,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--case", choices=tuple(CASES), default="banking77", help="the case of --runner")
     parser.add_argument("--train-file", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--tokens-file", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--batches-file", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--epoch-steps", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--result-file", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--t0", type=float, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--work-dir", default=None, help=argparse.SUPPRESS)
@@ -277,38 +296,42 @@ def build_module(conf: dict, dm):
     return cls(**kwargs)
 
 
-def cs_cli_args(spec: dict, args, total_steps: int, log_dir: str) -> list[str]:
-    """``cs-train fit`` arguments for the cs runner."""
+def cs_cli_args(spec: dict, args, log_dir: str) -> list[str]:
+    """``cs-train fit`` arguments for the cs runner: one epoch, no validation, logs in a temporary folder."""
     out = ["fit", "--config", spec["config"]]
     for key, value in spec["data"].items():
         out += [f"--data.init_args.{key}", "null" if value is None else json.dumps(value)
                 if isinstance(value, (dict, list, bool)) else str(value)]
     for key, value in spec["model"].items():
         out += [f"--model.init_args.{key}", json.dumps(value) if isinstance(value, (dict, list, bool)) else str(value)]
-    out += ["--trainer.max_steps", str(total_steps), "--trainer.accelerator", "gpu" if args.device == "cuda" else "cpu",
+    out += ["--trainer.max_epochs", "1", "--trainer.max_steps", "-1", "--trainer.accelerator", "gpu" if args.device == "cuda" else "cpu",
             "--trainer.devices", "1", "--trainer.precision", args.precision, "--trainer.limit_val_batches", "0",
             "--trainer.num_sanity_val_steps", "0", "--trainer.logger.init_args.save_dir", log_dir]
     return out
 
 
 # ---------------------------------------------------------------------------------------------------- measuring
-class StepRecorder:
-    """Timestamps at the end of optimizer steps; batch sizes from the collator (on the CPU, before any transfer).
+class EpochRecorder:
+    """The clock of one training epoch: its start, the end of every optimizer step, the batches it trained on.
 
-    ``batch_done(batch)`` is called by the collator wrapper for every batch, in order; ``step_end()`` at the end of
-    every optimizer step. Step k consumed the k-th collated batch (one batch per step, no accumulation). After the
-    last timed step, ``emit(report())`` hands the result over and ends the process: whatever a runner does after
-    training (checkpoint writing, teardown) is not part of any figure, so it is not waited for.
+    The runner calls ``epoch_start()`` just before it asks its data loader for the epoch's first batch, and
+    ``step_end()`` at the end of every optimizer step (after ``scheduler.step()``); the collator wrapper calls
+    ``batch_done(batch)`` for every batch it builds, in order (step k trains on the k-th batch: one batch per step, no
+    accumulation). At the end of the epoch's last step the result is handed to ``emit`` and the process ends, so what
+    a runner does after training (checkpoint writing, teardown) is in no figure. On CUDA the clock synchronizes at the
+    epoch start, at the window's two ends and at the epoch end.
     """
 
-    def __init__(self, t0: float, warmup: int, steps: int, cuda: bool):
-        self.t0, self.warmup, self.steps, self.cuda = t0, warmup, steps, cuda
+    def __init__(self, t0: float, epoch_steps: int, warmup: int, steps: int, cuda: bool):
+        self.t0, self.epoch_steps, self.warmup, self.steps, self.cuda = t0, epoch_steps, warmup, steps, cuda
         self.batches: list[tuple[int, int, int]] = []  # (samples, non-pad tokens, padded tokens)
+        self.times: list[float] = []  # perf_counter at the end of each step
         self.count = 0
-        self.first_step_s = self.start = self.end = None
-        self.cpu_start = self.cpu_end = None
+        self.start = self.end = self.cpu_start = self.cpu_end = None
+        self.startup_s = self.first_step_s = None
         self.report = None  # set by the runner: () -> result dict
         self.emit = None  # set by run_one: result dict -> never returns
+        self.clock: PhaseClock | None = None  # set with --profile
 
     def batch_done(self, batch: dict) -> None:
         ids, mask = batch["input_ids"], batch["attention_mask"]
@@ -320,51 +343,127 @@ class StepRecorder:
 
             torch.cuda.synchronize()
 
+    def epoch_start(self) -> None:
+        if self.start is None:
+            self._sync()
+            self.startup_s = time.time() - self.t0
+            self.start, self.cpu_start = time.perf_counter(), time.process_time()
+
     def step_end(self) -> None:
         self.count += 1
         k = self.count
-        if k == 1 or k == self.warmup or k == self.warmup + self.steps:
+        if k in (1, self.warmup, self.warmup + self.steps, self.epoch_steps):
             self._sync()
-            now = time.perf_counter()
-            if k == 1:
-                self.first_step_s = time.time() - self.t0
-            if k == self.warmup:
-                self.start, self.cpu_start = now, time.process_time()
-            if k == self.warmup + self.steps:
-                self.end, self.cpu_end = now, time.process_time()
-                if self.emit is not None and self.report is not None:
-                    self.emit(self.report())
+        now = time.perf_counter()
+        self.times.append(now)
+        if k == 1:
+            self.first_step_s = time.time() - self.t0
+        if k == self.epoch_steps:
+            self.end, self.cpu_end = now, time.process_time()
+            if self.emit is not None and self.report is not None:
+                self.emit(self.report())
 
     @property
     def done(self) -> bool:
-        return self.count >= self.warmup + self.steps
+        return self.count >= self.epoch_steps
 
     def result(self) -> dict:
-        if self.end is None:
-            raise RuntimeError(f"only {self.count} steps ran, {self.warmup + self.steps} needed "
-                               "(fewer batches than steps? lower --steps/--warmup)")
-        timed = self.batches[self.warmup:self.warmup + self.steps]
-        seconds = self.end - self.start
-        samples, real, padded = (sum(b[i] for b in timed) for i in range(3))
+        if self.end is None or self.start is None:
+            raise RuntimeError(f"the epoch did not finish: {self.count} of {self.epoch_steps} steps ran")
         import torch
 
-        return {"seconds": seconds, "samples_per_s": samples / seconds, "tokens_per_s": real / seconds,
-                # CPU seconds of this process per wall second per thread: well under 1 on a CPU run means it was
-                # starved (other load on the machine) rather than slow
-                "cpu_util": (self.cpu_end - self.cpu_start) / seconds / torch.get_num_threads(),
-                "padded_tokens_per_s": padded / seconds, "step_ms": 1000 * seconds / self.steps,
-                "pad_fraction": 1 - real / padded, "mean_padded_length": padded / samples,
-                "first_step_s": self.first_step_s, "timed_samples": samples, "timed_padded_tokens": padded}
+        def totals(rows):
+            return tuple(sum(b[i] for b in rows) for i in range(3))
+
+        seconds = self.end - self.start
+        samples, real, padded = totals(self.batches[:self.epoch_steps])
+        out = {"epoch_s": seconds, "epoch_steps": self.epoch_steps, "samples": samples, "real_tokens": real,
+               "padded_tokens": padded, "samples_per_s": samples / seconds, "tokens_per_s": real / seconds,
+               "step_ms": 1000 * seconds / self.epoch_steps, "pad_fraction": 1 - real / padded,
+               "mean_padded_length": padded / samples,
+               # CPU seconds of this process per wall second per thread: well under 1 on a CPU run means it was
+               # starved (other load on the machine) rather than slow
+               "cpu_util": (self.cpu_end - self.cpu_start) / seconds / torch.get_num_threads(),
+               "startup_s": self.startup_s, "first_step_s": self.first_step_s,
+               "window_samples_per_s": None, "window_tokens_per_s": None}
+        w, n = self.warmup, self.steps
+        if self.epoch_steps >= w + n:  # the old windowed figures: steps W+1..W+N of this epoch
+            win = self.end_of(w + n) - self.end_of(w)
+            ws, wr, _ = totals(self.batches[w:w + n])
+            out.update(window_samples_per_s=ws / win, window_tokens_per_s=wr / win)
+        if self.clock is not None:
+            out["phases_s"] = self.clock.result(seconds)
+        return out
+
+    def end_of(self, step: int) -> float:
+        return self.times[step - 1]
+
+
+class PhaseClock:
+    """Where the epoch's time goes (``--profile``): collation, the model's forward, from its end to the optimizer step
+    (loss and backward), the optimizer step, and the rest of the epoch's wall time (the framework: hooks, logging,
+    progress bar, scheduler, ``zero_grad``, fetching samples, host-device copies). Marks are taken from hooks on the
+    model and on every optimizer's ``step`` (on CUDA after a synchronize), summed between the epoch's start and end.
+    """
+
+    PHASES = ("collate", "forward", "backward", "optimizer")
+
+    def __init__(self, rec: EpochRecorder):
+        self.rec = rec
+        self.totals = dict.fromkeys(self.PHASES, 0.0)
+        self.marks: dict[str, float] = {}
+
+    def _on(self) -> bool:
+        return self.rec.start is not None and self.rec.end is None
+
+    def now(self) -> float:
+        self.rec._sync()
+        return time.perf_counter()
+
+    def add(self, phase: str, since: float) -> None:
+        if self._on():
+            self.totals[phase] += self.now() - since
+
+    def attach(self, model) -> None:
+        from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+
+        model.register_forward_pre_hook(lambda *_: self.marks.__setitem__("forward", self.now()))
+        model.register_forward_hook(lambda *_: self.marks.__setitem__("forward_end", self.now()))
+        for param in model.parameters():  # the backward ends when the last gradient is in (no sync: CPU clock)
+            if param.requires_grad:
+                param.register_post_accumulate_grad_hook(lambda _: self.marks.__setitem__("grads",
+                                                                                          time.perf_counter()))
+        # Lightning calls step(closure), running forward and backward inside the step: the optimizer's own time
+        # starts at whichever is later, the step's call or the last gradient
+        register_optimizer_step_pre_hook(lambda *_: self.marks.__setitem__("step", self.now()))
+        register_optimizer_step_post_hook(lambda *_: self._step_end())
+
+    def _step_end(self) -> None:
+        end, m = self.now(), self.marks
+        if self._on() and {"forward", "forward_end", "grads", "step"} <= m.keys():
+            self.totals["forward"] += m["forward_end"] - m["forward"]
+            self.totals["backward"] += m["grads"] - m["forward_end"]
+            self.totals["optimizer"] += end - max(m["step"], m["grads"])
+        m.clear()
+
+    def result(self, epoch_s: float) -> dict:
+        out = {k: round(v, 3) for k, v in self.totals.items()}
+        out["rest"] = round(epoch_s - sum(self.totals.values()), 3)
+        return out
 
 
 class RecordingCollator:
-    """Wraps a collator and reports every batch to the recorder."""
+    """Wraps a collator and reports every batch to the recorder (and its time to the phase clock)."""
 
-    def __init__(self, inner, recorder: StepRecorder):
+    def __init__(self, inner, recorder: EpochRecorder):
         self.inner, self.recorder = inner, recorder
 
     def __call__(self, samples):
+        clock = self.recorder.clock
+        begin = clock.now() if clock else None
         batch = self.inner(samples)
+        if clock:
+            clock.add("collate", begin)
         self.recorder.batch_done(batch)
         return batch
 
@@ -383,7 +482,7 @@ def matmul_params(model) -> int:
     return total
 
 
-def finish(rec: StepRecorder, args, runner: str, case: str, model, extra: dict | None = None) -> dict:
+def finish(rec: EpochRecorder, args, runner: str, case: str, model, extra: dict | None = None) -> dict:
     import torch
 
     out = {"runner": runner, "case": case, **rec.result()}
@@ -396,7 +495,7 @@ def finish(rec: StepRecorder, args, runner: str, case: str, model, extra: dict |
         out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20
         peak = args.peak_flops or peak_flops(torch.cuda.get_device_name())
         if peak:
-            out["mfu"] = 6 * out["params_matmul"] * out["padded_tokens_per_s"] / peak
+            out["mfu"] = 6 * out["params_matmul"] * out["padded_tokens"] / out["epoch_s"] / peak
     out.update(extra or {})
     return out
 
@@ -425,87 +524,118 @@ class _OptimizerTrainerShim:
         self.gradient_clip_val = None
 
 
-def run_plain(args, spec: dict, rec: StepRecorder) -> dict:
+def fixed_batches(args) -> list[list[int]] | None:
+    """The batch sequence of ``--same-batches`` (written by the parent), or None."""
+    if not args.batches_file:
+        return None
+    return json.loads(Path(args.batches_file).read_text(encoding="utf-8"))
+
+
+def feed_fixed_batches(batches: list[list[int]]) -> None:
+    """Make cs-lightning's training batch sampler yield ``batches`` (in this benchmark process only)."""
+    import torch
+
+    from cs_lightning.data.batching import LengthGroupedBatchSampler
+
+    natural = LengthGroupedBatchSampler._global_batches
+
+    def given(self):
+        return [torch.tensor(b) for b in batches] if self.shuffle else natural(self)
+
+    LengthGroupedBatchSampler._global_batches = given
+
+
+def run_plain(args, spec: dict, rec: EpochRecorder) -> dict:
     import torch
     from lightning.pytorch import seed_everything
 
     conf = resolved_config(spec)
     seed_everything(conf["seed"], verbose=False)
+    batches = fixed_batches(args)
+    if batches is not None:
+        feed_fixed_batches(batches)
     dm = build_datamodule(conf)
     module = build_module(conf, dm)
     device = torch.device(args.device)
     module.to(device)
     module.train()
-    total = args.warmup + args.steps
-    module._trainer = _OptimizerTrainerShim(total)
+    loader = dm.train_dataloader()
+    module._trainer = _OptimizerTrainerShim(len(loader))
     configured = module.configure_optimizers()
     module._trainer = None
     optimizer, scheduler = configured["optimizer"], configured["lr_scheduler"]["scheduler"]
-    loader = dm.train_dataloader()
     loader.collate_fn = RecordingCollator(loader.collate_fn, rec)
     scaler = torch.amp.GradScaler("cuda") if args.precision == "16-mixed" else None
     intent = dm.task == "intent"
     non_blocking = device.type == "cuda"
     rec.report = lambda: finish(rec, args, "plain", spec["case"], module.model, {"optimizer": _impl(optimizer)})
-    epoch = 0
-    while not rec.done:
-        loader.batch_sampler.set_epoch(epoch)
-        for batch in loader:
-            batch = {k: v.to(device, non_blocking=non_blocking) if torch.is_tensor(v) else v for k, v in batch.items()}
-            with autocast(args):
-                if intent:
-                    loss = module._loss(module(**module.model_inputs(batch)), batch["labels"])
-                else:
-                    loss = module(batch["input_ids"], batch["attention_mask"], batch["labels"]).loss
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
+    if rec.clock:
+        rec.clock.attach(module.model)
+    loader.batch_sampler.set_epoch(0)
+    rec.epoch_start()
+    for batch in loader:
+        batch = {k: v.to(device, non_blocking=non_blocking) if torch.is_tensor(v) else v for k, v in batch.items()}
+        with autocast(args):
+            if intent:
+                loss = module._loss(module(**module.model_inputs(batch)), batch["labels"])
             else:
-                loss.backward()
-                optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            rec.step_end()
-            if rec.done:
-                break
-        epoch += 1
+                total, tokens = module.token_loss_sum(batch["input_ids"], batch["attention_mask"], batch["labels"])
+                loss = total / tokens
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        rec.step_end()
     return rec.report()
 
 
-def run_cs(args, spec: dict, rec: StepRecorder) -> dict:
+def run_cs(args, spec: dict, rec: EpochRecorder) -> dict:
     from lightning.pytorch.callbacks import Callback
 
     from cs_lightning.commands.train import CSLightningCLI
 
-    class StepTimer(Callback):
+    batches = fixed_batches(args)
+    if batches is not None:
+        feed_fixed_batches(batches)
+
+    class EpochTimer(Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            rec.epoch_start()
+
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             rec.step_end()
 
     class BenchCLI(CSLightningCLI):
-        """cs-train exactly, plus the step timer and the batch recorder."""
+        """cs-train exactly, plus the epoch timer and the batch recorder."""
 
         def instantiate_trainer(self, **kwargs):
             trainer = super().instantiate_trainer(**kwargs)
             callbacks = sorted(type(c).__name__ for c in trainer.callbacks)
-            trainer.callbacks.append(StepTimer())
+            trainer.callbacks.append(EpochTimer())
             dm, make, model = self.datamodule, self.datamodule.collator, self.model
             dm.collator = lambda generation: RecordingCollator(make(generation), rec)
             rec.report = lambda: finish(rec, args, "cs", spec["case"], model.model, {
                 "callbacks": callbacks, "optimizer": _impl(trainer.optimizers[0]) if trainer.optimizers else None})
+            if rec.clock:
+                rec.clock.attach(model.model)
             return trainer
 
     log_dir = tempfile.mkdtemp(prefix="cs_logs_", dir=args.work_dir)
     argv, sys.argv = sys.argv, ["cs-train"]  # as cs-train sees it (LightningCLI warns about args plus argv)
     try:
-        BenchCLI(args=cs_cli_args(spec, args, args.warmup + args.steps, log_dir))
+        BenchCLI(args=cs_cli_args(spec, args, log_dir))
         return rec.report()
     finally:
         sys.argv = argv
         shutil.rmtree(log_dir, ignore_errors=True)
 
 
-def run_hf(args, spec: dict, rec: StepRecorder, grouped: bool) -> dict:
+def run_hf(args, spec: dict, rec: EpochRecorder, grouped: bool) -> dict:
     import torch
     from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
                               Trainer, TrainerCallback, TrainingArguments)
@@ -518,7 +648,7 @@ def run_hf(args, spec: dict, rec: StepRecorder, grouped: bool) -> dict:
     if args.tokens_file:  # exported by the parent: this process need not import cs-lightning's data code
         tokens = torch.load(args.tokens_file, weights_only=True)
     else:
-        tokens = export_tokens(spec)
+        tokens = export_tokens(*train_split(spec))
     encoded, labels = tokens["encoded"], tokens["labels"]
     offsets = encoded["offsets"].tolist()
     tokenizer = AutoTokenizer.from_pretrained(tokens["tokenizer_path"])
@@ -555,29 +685,45 @@ def run_hf(args, spec: dict, rec: StepRecorder, grouped: bool) -> dict:
     else:
         model = AutoModelForSequenceClassification.from_config(config)
 
-    class StepTimer(TrainerCallback):
+    class EpochTimer(TrainerCallback):
+        def on_epoch_begin(self, targs, state, control, **kwargs):
+            rec.epoch_start()
+
         def on_step_end(self, targs, state, control, **kwargs):
             rec.step_end()
 
-    total = args.warmup + args.steps
-    impl = {"fused": True} if args.device == "cuda" else {"foreach": True}  # what cs-lightning's AdamW uses
+    batches = fixed_batches(args)
+
+    class BenchTrainer(Trainer):
+        """The Trainer as is; with ``--same-batches`` its sampler yields the given batch sequence (every batch full
+        but the last, so the Trainer's own batching cuts it exactly there)."""
+
+        def _get_train_sampler(self, *a, **kw):
+            if batches is None:
+                return super()._get_train_sampler(*a, **kw)
+            return [i for batch in batches for i in batch]
+
     out_dir = tempfile.mkdtemp(prefix="hf_out_", dir=args.work_dir)
     try:
+        # the optimizer is the Trainer's default (transformers 5: torch AdamW, fused) with cs-lightning's
+        # hyperparameters (betas 0.9/0.999, eps 1e-8, weight decay off for biases and norms: the Trainer's defaults
+        # too); no gradient clipping, as cs-lightning does not clip by default
         targs = TrainingArguments(
-            output_dir=out_dir, per_device_train_batch_size=args.batch_size, max_steps=total,
+            output_dir=out_dir, per_device_train_batch_size=args.batch_size, num_train_epochs=1,
             learning_rate=m.get("learning_rate", 5e-5), weight_decay=m.get("weight_decay", 0.01),
-            warmup_steps=int(total * m.get("warmup_ratio", 0.1)), lr_scheduler_type="linear",
+            warmup_steps=int(args.epoch_steps * m.get("warmup_ratio", 0.1)), lr_scheduler_type="linear",
             label_smoothing_factor=m.get("label_smoothing", 0.0), max_grad_norm=0.0,
             bf16=args.precision == "bf16-mixed", fp16=args.precision == "16-mixed", use_cpu=args.device == "cpu",
             report_to="none", save_strategy="no", eval_strategy="no", seed=conf["seed"],
-            train_sampling_strategy="group_by_length" if grouped else "random")
+            train_sampling_strategy="group_by_length" if grouped and batches is None else "random")
         collator = RecordingCollator(DataCollatorWithPadding(tokenizer), rec)
+        trainer = BenchTrainer(model=model, args=targs, train_dataset=train, data_collator=collator,
+                               processing_class=tokenizer, callbacks=[EpochTimer()])
+        if rec.clock:
+            rec.clock.attach(model)
         rec.report = lambda: finish(rec, args, "hf_grouped" if grouped else "hf", spec["case"], model, {
-            "optimizer": next(iter(impl)), "sampling": targs.train_sampling_strategy})
-        adamw = {"lr": targs.learning_rate, "betas": (0.9, 0.999), "eps": 1e-8, **impl}  # as configure_optimizers
-        trainer = Trainer(model=model, args=targs, train_dataset=train, data_collator=collator,
-                          processing_class=tokenizer, callbacks=[StepTimer()],
-                          optimizer_cls_and_kwargs=(torch.optim.AdamW, adamw))
+            "optimizer": _impl(trainer.optimizer) if trainer.optimizer is not None else None,
+            "sampling": "same batches" if batches is not None else targs.train_sampling_strategy})
         trainer.train()
         return rec.report()
     finally:
@@ -608,7 +754,7 @@ def run_one(args) -> dict:
         print(line, flush=True)
         if owned:
             shutil.rmtree(args.work_dir, ignore_errors=True)
-        if exit_now:  # skip the runner's teardown (checkpoint writing...): it is after the last timed step
+        if exit_now:  # skip the runner's teardown (checkpoint writing...): it is after the epoch
             sys.stderr.flush()
             os._exit(0)
         return result
@@ -617,7 +763,12 @@ def run_one(args) -> dict:
         if args.runner in ("hf", "hf_grouped") and args.case != "banking77":
             raise SystemExit("the HF runners support the banking77 case only")
         spec = case_spec(args, args.case, args.train_file or train_file(args, args.case, Path(args.work_dir)))
-        rec = StepRecorder(t0, args.warmup, args.steps, args.device == "cuda")
+        if args.epoch_steps is None:  # run alone: count the epoch's batches here
+            size = len(train_split(spec)[0])
+            args.epoch_steps = len(fixed_batches(args) or ()) or math.ceil(size / args.batch_size)
+        rec = EpochRecorder(t0, args.epoch_steps, args.warmup, args.steps, args.device == "cuda")
+        if args.profile:
+            rec.clock = PhaseClock(rec)
         rec.emit = emit
         if args.runner == "plain":
             result = run_plain(args, spec, rec)
@@ -633,12 +784,20 @@ def run_one(args) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------- orchestration
-def child_command(args, runner: str, case: str, train_path: str, result_file: Path, work_dir: Path) -> list[str]:
+def child_command(args, runner: str, case: str, train_path: str, result_file: Path, work_dir: Path,
+                  epoch: dict) -> list[str]:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--runner", runner, "--case", case,
            "--device", args.device, "--precision", args.precision, "--model-size", args.model_size,
            "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--warmup", str(args.warmup),
            "--threads", str(args.threads), "--data-dir", args.data_dir, "--train-file", train_path,
-           "--result-file", str(result_file), "--work-dir", str(work_dir), "--t0", str(time.time())]
+           "--result-file", str(result_file), "--work-dir", str(work_dir), "--epoch-steps", str(epoch["steps"]),
+           "--t0", str(time.time())]
+    if args.profile:
+        cmd.append("--profile")
+    if epoch["tokens_file"] and runner.startswith("hf"):
+        cmd += ["--tokens-file", epoch["tokens_file"]]
+    if epoch["batches_file"]:
+        cmd += ["--batches-file", epoch["batches_file"]]
     if args.peak_flops:
         cmd += ["--peak-flops", str(args.peak_flops)]
     if runner in ("plain", "cs"):
@@ -665,31 +824,49 @@ def tail(path: Path, lines: int = 15) -> str:
         return ""
 
 
-def export_tokens(spec: dict) -> dict:
-    """The training split as cs-lightning tokenizes it (flat ids + offsets, labels), with the label names and the
-    tokenizer folder: what the HF runners train on."""
+def train_split(spec: dict):
+    """The training split as cs-lightning tokenizes it, and the data module."""
     dm = build_datamodule(resolved_config(spec))
     dm.setup("fit")
-    data = dm.datasets["train"]
+    return dm.datasets["train"], dm
+
+
+def export_tokens(data, dm) -> dict:
+    """A tokenized training split as flat ids + offsets and labels, with the label names and the tokenizer folder:
+    what the HF runners train on."""
     encoded = {k: v for k, v in data.encoded.items() if k in ("input_ids", "token_type_ids", "offsets")}
     return {"encoded": encoded, "labels": data.labels, "label_names": list(dm.label_names),
             "tokenizer_path": str(dm.tokenizer_path)}
 
 
-def prime(args, case: str, train_path: str, work_dir: Path) -> str | None:
+def prime(args, case: str, train_path: str, work_dir: Path) -> dict:
     """Build the case's data module once here, so tokenizers and token caches are warm for every runner (the
-    first-step times then compare runs, not cold caches); for Banking77 also export the token ids for the HF
-    runners. Returns the export's path."""
+    start-up times then compare runs, not cold caches). Returns the epoch's size (samples, steps), and the files the
+    children read: for Banking77 the token ids for the HF runners, with ``--same-batches`` the batch sequence."""
     import torch
 
+    from cs_lightning.data.batching import LengthGroupedBatchSampler
+
     spec = case_spec(args, case, train_path)
-    if case != "banking77":  # the reply case has no labels to export: warm its caches only
-        build_datamodule(resolved_config(spec)).setup("fit")
-        return None
-    tokens = export_tokens(spec)
-    path = work_dir / f"{case}_tokens.pt"
-    torch.save(tokens, path)
-    return str(path)
+    data, dm = train_split(spec)
+    out = {"samples": len(data), "steps": math.ceil(len(data) / args.batch_size), "tokens_file": None,
+           "batches_file": None}
+    if case == "banking77":
+        tokens = export_tokens(data, dm)
+        out["tokens_file"] = str(work_dir / f"{case}_tokens.pt")
+        torch.save(tokens, out["tokens_file"])
+    if args.same_batches:
+        # cs-lightning's own first epoch (length-grouped, shuffled), its one short batch moved to the end so that
+        # the HF Trainer, which cuts a flat index order into batches, makes exactly the same batches
+        sampler = LengthGroupedBatchSampler(data.lengths, args.batch_size, shuffle=True, seed=dm.hparams.seed)
+        sampler.set_epoch(0)
+        batches = list(sampler)
+        full = [b for b in batches if len(b) == args.batch_size]
+        batches = full + [b for b in batches if len(b) != args.batch_size]
+        out["batches_file"] = str(work_dir / f"{case}_batches.json")
+        Path(out["batches_file"]).write_text(json.dumps(batches), encoding="utf-8")
+        out["steps"] = len(batches)
+    return out
 
 
 def median(values):
@@ -698,23 +875,37 @@ def median(values):
 
 
 def summarise(results: list[dict]) -> dict:
-    keys = ("samples_per_s", "tokens_per_s", "step_ms", "first_step_s", "peak_rss_mb", "pad_fraction",
-            "mean_padded_length", "cpu_util", "peak_gpu_mb", "mfu")
+    keys = ("epoch_s", "samples_per_s", "tokens_per_s", "step_ms", "window_samples_per_s", "window_tokens_per_s",
+            "startup_s", "first_step_s", "peak_rss_mb", "pad_fraction", "mean_padded_length", "cpu_util",
+            "peak_gpu_mb", "mfu")
     out = {k: median([r.get(k) for r in results]) for k in keys}
     out["repeats"] = len(results)
-    out["samples_per_s_all"] = [round(r["samples_per_s"], 2) for r in results]
+    if results and "phases_s" in results[0]:
+        out["phases_s"] = {k: median([r["phases_s"][k] for r in results]) for k in results[0]["phases_s"]}
+    out["epoch_s_all"] = [round(r["epoch_s"], 2) for r in results]
+    out["epoch_s_min"] = min(out["epoch_s_all"], default=None)
+    out["epoch_s_max"] = max(out["epoch_s_all"], default=None)
     if results:
         first = results[0]
-        for k in ("params", "params_matmul", "threads", "optimizer", "callbacks", "sampling"):
+        for k in ("samples", "epoch_steps", "real_tokens", "padded_tokens", "params", "params_matmul", "threads",
+                  "optimizer", "callbacks", "sampling"):
             if k in first:
                 out[k] = first[k]
     return out
 
 
-def ratio(a: dict | None, b: dict | None) -> float | None:
-    if not a or not b or not a.get("samples_per_s") or not b.get("samples_per_s"):
+def ratio(cs: dict | None, other: dict | None) -> float | None:
+    """Epoch-time ratio: the other runner's median epoch time over cs-lightning's (above 1: cs-lightning faster)."""
+    if not cs or not other or not cs.get("epoch_s") or not other.get("epoch_s"):
         return None
-    return round(a["samples_per_s"] / b["samples_per_s"], 3)
+    return round(other["epoch_s"] / cs["epoch_s"], 3)
+
+
+def window_ratio(cs: dict | None, other: dict | None) -> float | None:
+    """The old windowed figure: samples/s of cs-lightning over the other's, steps W+1..W+N."""
+    if not cs or not other or not cs.get("window_samples_per_s") or not other.get("window_samples_per_s"):
+        return None
+    return round(cs["window_samples_per_s"] / other["window_samples_per_s"], 3)
 
 
 def machine_info(args) -> dict:
@@ -746,22 +937,22 @@ def fmt(value, spec: str) -> str:
 
 
 def table(cases: dict, cuda: bool) -> str:
-    head = ["case", "runner", "samples/s", "tokens/s", "step ms", "first step s", "peak RSS MB", "pad %", "pad len",
-            "CPU %", "runs"]
+    head = ["case", "runner", "epoch s (min-max)", "samples/s", "real tok/s", "padded tok", "pad %",
+            "window samples/s", "window tok/s", "start-up s", "peak RSS MB", "CPU %", "runs"]
     if cuda:
         head += ["GPU MB", "MFU %"]
     rows = [head]
     for case, data in cases.items():
         for runner, s in data["runners"].items():
-            if s.get("error") and not s.get("repeats"):
+            if not s.get("repeats"):
                 rows.append([case, runner, "failed"] + [""] * (len(head) - 3))
                 continue
-            row = [case, runner, fmt(s["samples_per_s"], ".1f"), fmt(s["tokens_per_s"], ".0f"),
-                   fmt(s["step_ms"], ".0f"), fmt(s["first_step_s"], ".1f"), fmt(s["peak_rss_mb"], ".0f"),
+            row = [case, runner, f"{s['epoch_s']:.1f} ({s['epoch_s_min']:.1f}-{s['epoch_s_max']:.1f})",
+                   fmt(s["samples_per_s"], ".1f"), fmt(s["tokens_per_s"], ".0f"), fmt(s.get("padded_tokens"), ","),
                    fmt(None if s["pad_fraction"] is None else 100 * s["pad_fraction"], ".1f"),
-                   fmt(s["mean_padded_length"], ".1f"),
-                   fmt(None if s["cpu_util"] is None else 100 * s["cpu_util"], ".0f"),
-                   str(s["repeats"])]
+                   fmt(s["window_samples_per_s"], ".1f"), fmt(s["window_tokens_per_s"], ".0f"),
+                   fmt(s["startup_s"], ".1f"), fmt(s["peak_rss_mb"], ".0f"),
+                   fmt(None if s["cpu_util"] is None else 100 * s["cpu_util"], ".0f"), str(s["repeats"])]
             if cuda:
                 row += [fmt(s["peak_gpu_mb"], ".0f"), fmt(None if s["mfu"] is None else 100 * s["mfu"], ".1f")]
             rows.append(row)
@@ -784,8 +975,13 @@ def orchestrate(args) -> dict:
     try:
         for case in args.cases:
             runners = [r for r in args.runners if r in CASES[case][2]]
+            if args.same_batches and "hf" in runners and "hf_grouped" in runners:
+                runners.remove("hf_grouped")  # fed the same batches, the two HF runs are one
             train_path = train_file(args, case, work_dir)
-            tokens_file = prime(args, case, train_path, work_dir)
+            epoch = prime(args, case, train_path, work_dir)
+            print(f"[{time.time() - started:5.0f}s] {case}: one epoch = {epoch['samples']:,} samples in "
+                  f"{epoch['steps']} steps{' (the same batches for every runner)' if args.same_batches else ''}",
+                  flush=True)
             results: dict = {r: [] for r in runners}
             errors: dict = {}
             for rep in range(args.repeats):
@@ -793,18 +989,20 @@ def orchestrate(args) -> dict:
                 for runner in order:
                     tag = f"{case}_{runner}_{rep}"
                     result_file, log = work_dir / f"{tag}.json", work_dir / f"{tag}.log"
-                    cmd = child_command(args, runner, case, train_path, result_file, work_dir)
-                    if tokens_file and runner.startswith("hf"):
-                        cmd += ["--tokens-file", tokens_file]
+                    cmd = child_command(args, runner, case, train_path, result_file, work_dir, epoch)
                     begin = time.time()
                     code, why = launch(cmd, log, args.child_timeout, env)
-                    if code == 0 and result_file.exists():
-                        res = json.loads(result_file.read_text(encoding="utf-8"))
+                    res = json.loads(result_file.read_text(encoding="utf-8")) if result_file.exists() else None
+                    if code == 0 and res and res["samples"] != epoch["samples"]:
+                        code, why = 1, (f"trained on {res['samples']} samples in its epoch, not the "
+                                        f"{epoch['samples']} of the split")
+                    if code == 0 and res:
                         results[runner].append(res)
-                        print(f"[{time.time() - started:5.0f}s] {case:9s} {runner:10s} run {rep + 1}: "
-                              f"{res['samples_per_s']:8.1f} samples/s  {res['step_ms']:7.0f} ms/step  "
-                              f"padded length {res['mean_padded_length']:5.1f}  CPU {100 * res['cpu_util']:3.0f}%  "
-                              f"first step {res['first_step_s']:5.1f} s  ({time.time() - begin:.0f} s)", flush=True)
+                        print(f"[{time.time() - started:5.0f}s] {case:9s} {runner:10s} run {rep + 1}: epoch "
+                              f"{res['epoch_s']:6.1f} s  {res['samples_per_s']:7.1f} samples/s  "
+                              f"{res['tokens_per_s']:7.0f} tokens/s  padding {100 * res['pad_fraction']:4.1f}%  "
+                              f"CPU {100 * res['cpu_util']:3.0f}%  start-up {res['startup_s']:4.1f} s  "
+                              f"({time.time() - begin:.0f} s)", flush=True)
                     else:
                         errors.setdefault(runner, []).append(why or f"exit code {code}: {tail(log)}")
                         print(f"[{time.time() - started:5.0f}s] {case:9s} {runner:10s} run {rep + 1}: FAILED "
@@ -813,20 +1011,23 @@ def orchestrate(args) -> dict:
             for r, errs in errors.items():
                 summary[r]["error"] = errs[-1][-2000:]
                 summary[r]["failures"] = len(errs)
-            cases[case] = {"runners": summary,
-                           "ratios": {f"cs_vs_{r}": ratio(summary.get("cs"), summary.get(r))
-                                      for r in runners if r != "cs"}}
+            others = [r for r in runners if r != "cs"]
+            cases[case] = {"epoch": {"samples": epoch["samples"], "steps": epoch["steps"]}, "runners": summary,
+                           "ratios": {f"cs_vs_{r}": ratio(summary.get("cs"), summary.get(r)) for r in others},
+                           "window_ratios": {f"cs_vs_{r}": window_ratio(summary.get("cs"), summary.get(r))
+                                             for r in others}}
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
-    main = cases.get("banking77", {"runners": {}, "ratios": {}})
+    main = cases.get("banking77", {"runners": {}, "ratios": {}, "window_ratios": {}})
     out = {"cs_vs_plain": main["ratios"].get("cs_vs_plain"), "cs_vs_hf": main["ratios"].get("cs_vs_hf"),
-           "cs_vs_hf_grouped": main["ratios"].get("cs_vs_hf_grouped"), "runners": main["runners"]}
+           "cs_vs_hf_grouped": main["ratios"].get("cs_vs_hf_grouped"), "ratio_of": "epoch time",
+           "window_ratios": main.get("window_ratios"), "epoch": main.get("epoch"), "runners": main["runners"]}
     if "sgd" in cases:
         out["sgd_cs_vs_plain"] = cases["sgd"]["ratios"].get("cs_vs_plain")
     out["cases"] = {case: data for case, data in cases.items() if case != "banking77"}  # Banking77 is above
     out["settings"] = {"device": args.device, "precision": args.precision, "model_size": args.model_size,
-                       "batch_size": args.batch_size, "warmup": args.warmup, "steps": args.steps,
-                       "repeats": args.repeats, "train_limit": args.train_limit, "cases": args.cases,
+                       "batch_size": args.batch_size, "window": [args.warmup, args.steps], "repeats": args.repeats,
+                       "train_limit": args.train_limit, "same_batches": args.same_batches, "cases": args.cases,
                        "runners": args.runners, "quick": args.quick, "set": args.set}
     out["machine"] = machine_info(args)
     out["command"] = " ".join(["python", "tools/benchmark.py"] + sys.argv[1:])
@@ -851,14 +1052,25 @@ def main(argv=None) -> dict:
     result = orchestrate(args)
     cases = {**({"banking77": {"runners": result["runners"]}} if result["runners"] else {}), **result["cases"]}
     print()
+    if args.quick:
+        print(f"--quick: a fixed subset of {args.train_limit:,} Banking77 training examples (seeded), "
+              f"{args.threads} thread(s): compare the ratios, take absolute figures from a full run")
     print(table(cases, args.device == "cuda"))
+    if args.profile:
+        print("\nwhere the epoch goes (medians, seconds): " + ", ".join(PhaseClock.PHASES) + ", rest")
+        for case, data in cases.items():
+            for runner, summary in data["runners"].items():
+                if summary.get("phases_s"):
+                    print(f"  {case:9s} {runner:10s} " + "  ".join(f"{k} {v:6.2f}"
+                                                                 for k, v in summary["phases_s"].items()))
     starved = [f"{case}/{runner}" for case, data in cases.items() for runner, s in data["runners"].items()
                if s.get("cpu_util") is not None and s["cpu_util"] < 0.8]
     if starved and args.device == "cpu":
         print(f"note: {', '.join(starved)} got under 80% of their threads' CPU time (machine load "
               f"{result['machine']['load_avg_1min']}): other work was running, so these figures are noisy")
     print(f"cs_vs_plain {result['cs_vs_plain']}  cs_vs_hf {result['cs_vs_hf']}  "
-          f"cs_vs_hf_grouped {result['cs_vs_hf_grouped']}  (samples/s ratios of medians, Banking77; <1: cs slower)")
+          f"cs_vs_hf_grouped {result['cs_vs_hf_grouped']}  (the other runner's median epoch time over cs-lightning's, "
+          "Banking77; above 1: cs-lightning finishes the epoch first)")
     line = json.dumps(result)
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

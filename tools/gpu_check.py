@@ -6,15 +6,19 @@ Run it as is from the repository root (the shared data folder beside the checkou
 order of value; each runs as a subprocess with its own timeout, inside try/except, so a failure is recorded in the
 JSON and the other parts still run; a part that would start after 7.5 minutes is skipped and marked so:
 
-1. ``benchmark``: ``tools/benchmark.py`` at BERT-base size (random init) in bf16-mixed on Banking77, runners plain,
-   cs, hf and hf_grouped, 3 alternated repeats: samples/s, tokens/s, step time, peak GPU memory and MFU per runner,
-   and the ratios ``cs_vs_plain``, ``cs_vs_hf``, ``cs_vs_hf_grouped`` (see that script's docstring for the MFU formula:
-   6 x matmul parameters x padded tokens / seconds / 989e12 on H100/H200).
-2. ``precision``: the cs runner (``cs-train fit`` with configs/bert_intent_banking77.yaml at BERT-base size) in
-   32-true, 16-mixed and bf16-mixed: step time, samples/s, peak GPU memory, MFU.
-3. ``freeze``: ``tools/freeze_benchmark.py --device cuda``: step time with the bottom 10 of 12 BERT-base blocks frozen
+1. ``epoch_bert_base``: ``tools/benchmark.py`` at BERT-base size (random init) in bf16-mixed, batch 32: one whole
+   epoch of Banking77 train per run for the runners plain, cs, hf and hf_grouped, 2 alternated repeats: epoch time
+   (median, min-max), samples/s, tokens/s, peak GPU memory and MFU per runner, and the epoch-time ratios
+   ``cs_vs_plain``, ``cs_vs_hf``, ``cs_vs_hf_grouped`` (above 1: cs-lightning faster).
+2. ``epoch_minilm``: the same with all-MiniLM-L6-v2 (offline weights).
+3. ``mfu_fixed_length``: the cs runner at BERT-base size with every batch padded to 128 tokens
+   (``--set data.pad_to_buckets=[128]``) on 3,200 examples: MFU on fixed shapes (see benchmark.py's docstring for the
+   formula: 6 x matmul parameters x padded tokens / seconds / 989e12 on H100/H200).
+4. ``precision``: the cs runner at BERT-base size on 3,200 examples in 32-true, 16-mixed and bf16-mixed: epoch time,
+   step time, samples/s, peak GPU memory, MFU.
+5. ``freeze``: ``tools/freeze_benchmark.py --device cuda``: step time with the bottom 10 of 12 BERT-base blocks frozen
    against none, and their ratio.
-4. ``pytest_gpu``: ``pytest -m gpu`` (2 minutes at most) when tests carry the ``gpu`` marker; recorded as skipped
+6. ``pytest_gpu``: ``pytest -m gpu`` (2 minutes at most) when tests carry the ``gpu`` marker; recorded as skipped
    when none do.
 
 Without a CUDA GPU it stops at once with a one-line message and exit code 2 (and writes that to the JSON). The last
@@ -119,8 +123,8 @@ class Check:
         fd, path = tempfile.mkstemp(prefix="gpu_check_", suffix=".json")
         os.close(fd)
         try:
-            cmd = [sys.executable, str(TOOLS / "benchmark.py"), "--device", "cuda", "--model-size", "bert-base",
-                   "--cases", "banking77", "--child-timeout", "90", "--out", path] + extra
+            cmd = [sys.executable, str(TOOLS / "benchmark.py"), "--device", "cuda", "--cases", "banking77",
+                   "--child-timeout", "90", "--out", path] + extra
             code, text, _ = run_part(cmd, self.timeout(wanted), self.env)
             if code != 0:
                 why = " (timed out)" if code == -9 else ""
@@ -130,15 +134,30 @@ class Check:
             Path(path).unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ the parts
-    def benchmark(self) -> dict:
-        data = self.bench(["--precision", "bf16-mixed", "--repeats", "3", "--warmup", "10", "--steps", "30"], 240)
-        keys = ("samples_per_s", "tokens_per_s", "step_ms", "mfu", "peak_gpu_mb", "first_step_s", "pad_fraction",
-                "repeats", "samples_per_s_all", "error")
+    def epoch(self, model_size: str, wanted: float) -> dict:
+        data = self.bench(["--model-size", model_size, "--precision", "bf16-mixed", "--repeats", "2"], wanted)
+        keys = ("epoch_s", "epoch_s_min", "epoch_s_max", "samples_per_s", "tokens_per_s", "step_ms", "mfu",
+                "peak_gpu_mb", "startup_s", "pad_fraction", "repeats", "epoch_s_all", "error")
         runners = {name: {k: s[k] for k in keys if k in s} for name, s in data["runners"].items()}
         ok = all(s.get("repeats") for s in data["runners"].values())
         return {"ok": ok, "cs_vs_plain": data["cs_vs_plain"], "cs_vs_hf": data["cs_vs_hf"],
-                "cs_vs_hf_grouped": data["cs_vs_hf_grouped"], "runners": runners, "machine": data.get("machine"),
-                "settings": data.get("settings")}
+                "cs_vs_hf_grouped": data["cs_vs_hf_grouped"], "epoch": data.get("epoch"), "runners": runners,
+                "machine": data.get("machine"), "settings": data.get("settings")}
+
+    def epoch_bert_base(self) -> dict:
+        return self.epoch("bert-base", 200)
+
+    def epoch_minilm(self) -> dict:
+        return self.epoch("minilm", 140)
+
+    def mfu_fixed_length(self) -> dict:
+        data = self.bench(["--model-size", "bert-base", "--precision", "bf16-mixed", "--runners", "cs",
+                           "--repeats", "1", "--train-limit", "3200", "--set", "data.pad_to_buckets=[128]"], 60)
+        cs = data["runners"]["cs"]
+        if not cs.get("repeats"):
+            raise RuntimeError(cs.get("error", "no successful run"))
+        return {k: cs.get(k) for k in ("mfu", "epoch_s", "step_ms", "samples_per_s", "mean_padded_length",
+                                       "peak_gpu_mb", "params_matmul")}
 
     def precision(self) -> dict:
         rows, errors = {}, {}
@@ -147,13 +166,13 @@ class Check:
                 errors[precision] = "skipped: time budget"
                 continue
             try:
-                data = self.bench(["--runners", "cs", "--precision", precision, "--repeats", "2", "--warmup", "10",
-                                   "--steps", "30"], 80)
+                data = self.bench(["--model-size", "bert-base", "--runners", "cs", "--precision", precision,
+                                   "--repeats", "1", "--train-limit", "3200"], 60)
                 cs = data["runners"]["cs"]
                 if not cs.get("repeats"):
                     raise RuntimeError(cs.get("error", "no successful run"))
-                rows[precision] = {k: cs.get(k) for k in ("step_ms", "samples_per_s", "peak_gpu_mb", "mfu",
-                                                          "repeats")}
+                rows[precision] = {k: cs.get(k) for k in ("epoch_s", "step_ms", "samples_per_s", "peak_gpu_mb",
+                                                          "mfu", "repeats")}
             except Exception as exc:
                 errors[precision] = f"{type(exc).__name__}: {exc}"[-2000:]
         out = {"ok": not errors, "rows": rows}
@@ -203,7 +222,9 @@ def main(argv=None) -> int:
         return check.finish(2)
     check.result["device"] = {"count": torch.cuda.device_count(), "torch": torch.__version__,
                               "cuda": torch.version.cuda, **gpu_names()}
-    check.part("benchmark", check.benchmark)
+    check.part("epoch_bert_base", check.epoch_bert_base)
+    check.part("epoch_minilm", check.epoch_minilm)
+    check.part("mfu_fixed_length", check.mfu_fixed_length)
     check.part("precision", check.precision)
     check.part("freeze", check.freeze)
     check.part("pytest_gpu", check.pytest_gpu)
