@@ -87,3 +87,17 @@ def test_same_batches_feed_every_runner_identical_tensors_for_a_whole_epoch(benc
     for key in ("cs_vs_plain", "cs_vs_hf"):
         assert line[key] == pytest.approx(runners[key[6:]]["epoch_s"] / runners["cs"]["epoch_s"], rel=0.01)
     assert sys.modules["benchmark"] is benchmark
+
+
+def test_the_chat_lora_gpu_tool_runs_the_qwen_reply_config_on_a_tiny_random_qwen2(monkeypatch, tmp_path, capsys):
+    """tools/chat_lora_gpu.py (a part of tools/gpu_check.py) on a CPU at tiny size: the path a GPU session runs."""
+    monkeypatch.syspath_prepend(str(TOOLS))
+    monkeypatch.chdir(tmp_path)
+    import chat_lora_gpu
+
+    result = chat_lora_gpu.main(["--tiny", "--precision", "32-true", "--steps", "3", "--warmup", "1"])
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["model"] == "Qwen2 tiny" and line["timed_steps"] == 2 and line["steps_per_s"] > 0
+    assert 0 < result["trainable_params"] < result["params"] and line["batch_size"] == 8
+    assert line["peak_gpu_mb"] is None and line["device"] == "cpu"
+    assert not (tmp_path / "logs").exists()  # the random model and the run's logs lived in a temporary folder

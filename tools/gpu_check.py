@@ -14,11 +14,13 @@ JSON and the other parts still run; a part that would start after 7.5 minutes is
 3. ``mfu_fixed_length``: the cs runner at BERT-base size with every batch padded to 128 tokens
    (``--set data.pad_to_buckets=[128]``) on 3,200 examples: MFU on fixed shapes (see benchmark.py's docstring for the
    formula: 6 x matmul parameters x padded tokens / seconds / 989e12 on H100/H200).
-4. ``precision``: the cs runner at BERT-base size on 3,200 examples in 32-true, 16-mixed and bf16-mixed: epoch time,
+4. ``chat_lora``: ``tools/chat_lora_gpu.py``: steps/s, tokens/s and peak GPU memory of ``configs/qwen_reply_lora.yaml``
+   (LoRA r=16, bf16-mixed, batch 8 whole conversations) at the real Qwen2.5-0.5B size with random weights.
+5. ``precision``: the cs runner at BERT-base size on 3,200 examples in 32-true, 16-mixed and bf16-mixed: epoch time,
    step time, samples/s, peak GPU memory, MFU.
-5. ``freeze``: ``tools/freeze_benchmark.py --device cuda``: step time with the bottom 10 of 12 BERT-base blocks frozen
+6. ``freeze``: ``tools/freeze_benchmark.py --device cuda``: step time with the bottom 10 of 12 BERT-base blocks frozen
    against none, and their ratio.
-6. ``pytest_gpu``: ``pytest -m gpu`` (2 minutes at most) when tests carry the ``gpu`` marker; recorded as skipped
+7. ``pytest_gpu``: ``pytest -m gpu`` (2 minutes at most) when tests carry the ``gpu`` marker; recorded as skipped
    when none do.
 
 Without a CUDA GPU it stops at once with a one-line message and exit code 2 (and writes that to the JSON). The last
@@ -182,6 +184,14 @@ class Check:
             out["bf16_speedup_vs_32"] = round(rows["32-true"]["step_ms"] / rows["bf16-mixed"]["step_ms"], 2)
         return out
 
+    def chat_lora(self) -> dict:
+        cmd = [sys.executable, str(TOOLS / "chat_lora_gpu.py"), "--steps", "30", "--warmup", "5"]
+        code, text, _ = run_part(cmd, self.timeout(120), self.env)
+        if code != 0:
+            raise RuntimeError(f"chat_lora_gpu.py exit code {code}{' (timed out)' if code == -9 else ''}:\n"
+                               f"{tail(text)}")
+        return last_json(text)
+
     def freeze(self) -> dict:
         cmd = [sys.executable, str(TOOLS / "freeze_benchmark.py"), "--device", "cuda", "--steps", "10", "--rounds", "3"]
         code, text, _ = run_part(cmd, self.timeout(90), self.env)
@@ -225,6 +235,7 @@ def main(argv=None) -> int:
     check.part("epoch_bert_base", check.epoch_bert_base)
     check.part("epoch_minilm", check.epoch_minilm)
     check.part("mfu_fixed_length", check.mfu_fixed_length)
+    check.part("chat_lora", check.chat_lora)
     check.part("precision", check.precision)
     check.part("freeze", check.freeze)
     check.part("pytest_gpu", check.pytest_gpu)
