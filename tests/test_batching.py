@@ -31,6 +31,22 @@ def test_grouping_cuts_padding():
     assert padding(grouped) < padding(plain) / 3
 
 
+def test_a_wider_sort_window_pads_less_and_a_resume_with_another_window_restarts_the_epoch():
+    lengths = [((i * 7919) % 61) + 3 for i in range(2000)]
+
+    def padded(mega_batch):
+        batches = list(LengthGroupedBatchSampler(lengths, 16, seed=1, mega_batch=mega_batch))
+        assert sorted(i for b in batches for i in b) == list(range(2000))
+        return sum(max(lengths[i] for i in b) * len(b) for b in batches)
+
+    assert padded(125) < padded(25) < padded(5)
+    state = LengthGroupedBatchSampler(lengths, 16, seed=1, mega_batch=25).state_dict(consumed=10)
+    other = LengthGroupedBatchSampler(lengths, 16, seed=1, mega_batch=125, resume=state)
+    assert len(list(other)) == 125  # its batches differ: the epoch starts again rather than skipping wrong ones
+    old = {k: v for k, v in state.items() if k != "mega_batch"}  # a checkpoint from before the setting: 50
+    assert len(list(LengthGroupedBatchSampler(lengths, 16, seed=1, resume=old))) == 125 - 10
+
+
 def test_eval_order_is_sorted_and_complete():
     batches = list(LengthGroupedBatchSampler(LENGTHS, 10, shuffle=False))
     flat = [i for b in batches for i in b]
@@ -127,7 +143,7 @@ def test_sampler_state_resumes_mid_epoch_and_survives_recreation():
     sampler.set_epoch(2)
     full = list(sampler)
     state = sampler.state_dict(consumed=4)
-    assert state == {"epoch": 2, "consumed": 4, "seed": 5, "num_replicas": 1}
+    assert state == {"epoch": 2, "consumed": 4, "seed": 5, "num_replicas": 1, "mega_batch": 50}
     again = LengthGroupedBatchSampler(LENGTHS, 8, seed=5, resume=state)  # what Lightning's re-creation keeps
     again.set_epoch(2)
     assert list(again) == full[4:]

@@ -56,6 +56,13 @@ def test_domain_dialogue_module_brings_demo_dialogues_and_rules():
     assert len(dm.records["train"]) > 50 and {"val", "test"} <= set(dm.records)
 
 
+def test_a_sort_window_below_one_batch_is_one_line_naming_the_key():
+    from cs_lightning.data import IntentDataModule
+
+    with pytest.raises(ConfigError, match=r"data.mega_batch: must be at least 1, got 0 \(give the batches"):
+        IntentDataModule(mega_batch=0)
+
+
 def test_the_base_module_serves_no_task():
     with pytest.raises(ConfigError, match="serves no task"):
         CSDataModule(train_file="x.csv")

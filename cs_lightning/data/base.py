@@ -75,6 +75,9 @@ class CSDataModule(pl.LightningDataModule):
         test_fraction: share carved from train for testing when ``test_file`` is not given (default: none).
         seed: seed of the validation carve, the generation sample and the batch order.
         group_by_length: batch samples of similar length together (much less padding on short messages).
+        mega_batch: with ``group_by_length``, each epoch's random order is cut into windows of this many batches,
+            each sorted by length, cut into batches, and the batches shuffled: larger windows pad less, smaller ones
+            mix lengths more (on Banking77 at batch 32: 6.2% padding at 50, 2.2% at 200).
         pad_to_multiple_of: round padded lengths up to a multiple of this; default: 8 on GPU (tensor cores), exact on
             CPU; 1 pads exactly everywhere.
         pad_to_buckets: pad every batch to the smallest of these lengths that holds it, e.g. ``[16, 32, 64, 128]``:
@@ -99,7 +102,7 @@ class CSDataModule(pl.LightningDataModule):
     def __init__(self, train_file: str | None = None, val_file: str | None = None, test_file: str | None = None,
                  predict_file: str | None = None, batch_size: int = 32, eval_batch_size: int | None = None,
                  language: str = "en", max_history_turns: int = 4, val_fraction: float = 0.1,
-                 test_fraction: float = 0.0, seed: int = 42, group_by_length: bool = True,
+                 test_fraction: float = 0.0, seed: int = 42, group_by_length: bool = True, mega_batch: int = 50,
                  pad_to_multiple_of: int | None = None, pad_to_buckets: list[int] | None = None, num_workers: int = 0,
                  backbone: str = "bert", model_type: str | None = None, tokenizer: str | None = None,
                  tokenizer_vocab_size: int = 8000, lowercase: bool | None = None, trust_remote_code: bool = False):
@@ -111,6 +114,9 @@ class CSDataModule(pl.LightningDataModule):
             raise ConfigError("data.language", f"unknown language {language!r}", f"use one of {', '.join(LANGUAGES)}")
         if batch_size < 1:
             raise ConfigError("data.batch_size", f"must be at least 1, got {batch_size}")
+        if mega_batch < 1:
+            raise ConfigError("data.mega_batch", f"must be at least 1, got {mega_batch}",
+                              "give the batches per length-sorted window, e.g. 50")
         for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
             if not 0 <= value < 1:
                 raise ConfigError(f"data.{name}", f"must be in [0, 1), got {value}")
@@ -232,7 +238,8 @@ class CSDataModule(pl.LightningDataModule):
         batch_size = hp.batch_size if shuffle else (hp.eval_batch_size or 2 * hp.batch_size)
         resume, self._resume = (self._resume, None) if shuffle else (None, None)
         sampler = LengthGroupedBatchSampler(dataset.lengths, batch_size, shuffle=shuffle,
-                                            group_by_length=hp.group_by_length, seed=hp.seed, num_replicas=world,
+                                            group_by_length=hp.group_by_length, mega_batch=hp.mega_batch,
+                                            seed=hp.seed, num_replicas=world,
                                             rank=rank, resume=resume)
         workers = hp.num_workers
         # a generator of its own: starting an epoch then draws no number from torch's global generator, which

@@ -192,11 +192,14 @@ class LengthGroupedBatchSampler(BatchSampler):
     def state_dict(self, consumed: int) -> dict:
         """The epoch and how many of its batches were trained. ``consumed`` comes from the training loop: the
         sampler cannot count it, since loaders and the loop fetch batches ahead of training on them."""
-        return {"epoch": self.epoch, "consumed": consumed, "seed": self.seed, "num_replicas": self.num_replicas}
+        return {"epoch": self.epoch, "consumed": consumed, "seed": self.seed, "num_replicas": self.num_replicas,
+                "mega_batch": self.mega_batch}
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("seed", self.seed) != self.seed or state.get("num_replicas", self.num_replicas) != self.num_replicas:
-            # another seed or world size orders the data differently: restart the epoch rather than skip wrong batches
+        if (state.get("seed", self.seed) != self.seed or state.get("num_replicas", self.num_replicas) != self.num_replicas
+                or state.get("mega_batch", 50) != self.mega_batch):  # states without it: before it could be set
+            # another seed, world size or window orders the data differently: restart the epoch rather than skip
+            # wrong batches
             return
         self._resume_at = (int(state["epoch"]), int(state["consumed"]))
 
