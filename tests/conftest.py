@@ -76,8 +76,10 @@ def _train_once(folder: Path, args: list[str]) -> Path:
         mp.setattr(sys, "argv", ["cs-train"])
         mp.setenv("CS_LIGHTNING_CACHE", str(folder / "cache"))
         mp.setenv("HF_HUB_OFFLINE", "1")
-        main(["fit", *args, "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
-              "--experiment=trained"])
+        # the seed pinned: without one Lightning takes PL_GLOBAL_SEED, which any earlier in-process run in this
+        # worker may have set (a config's seed_everything: 42), so the tiny models would depend on test order
+        main(["fit", *args, "--seed_everything=0", "--trainer.enable_progress_bar=false",
+              "--trainer.enable_model_summary=false", "--experiment=trained"])
     return folder / "logs" / "trained" / "checkpoints"
 
 

@@ -77,7 +77,8 @@ class CSDataModule(pl.LightningDataModule):
         group_by_length: batch samples of similar length together (much less padding on short messages).
         mega_batch: with ``group_by_length``, each epoch's random order is cut into windows of this many batches,
             each sorted by length, cut into batches, and the batches shuffled: larger windows pad less, smaller ones
-            mix lengths more (on Banking77 at batch 32: 6.2% padding at 50, 2.2% at 200).
+            mix lengths more (on Banking77 at batch 32: 6.2% padding at 50, 2.2% at 200, the default; test accuracy
+            0.9260 and 0.9273).
         pad_to_multiple_of: round padded lengths up to a multiple of this; default: 8 on GPU (tensor cores), exact on
             CPU; 1 pads exactly everywhere.
         pad_to_buckets: pad every batch to the smallest of these lengths that holds it, e.g. ``[16, 32, 64, 128]``:
@@ -102,7 +103,7 @@ class CSDataModule(pl.LightningDataModule):
     def __init__(self, train_file: str | None = None, val_file: str | None = None, test_file: str | None = None,
                  predict_file: str | None = None, batch_size: int = 32, eval_batch_size: int | None = None,
                  language: str = "en", max_history_turns: int = 4, val_fraction: float = 0.1,
-                 test_fraction: float = 0.0, seed: int = 42, group_by_length: bool = True, mega_batch: int = 50,
+                 test_fraction: float = 0.0, seed: int = 42, group_by_length: bool = True, mega_batch: int = 200,
                  pad_to_multiple_of: int | None = None, pad_to_buckets: list[int] | None = None, num_workers: int = 0,
                  backbone: str = "bert", model_type: str | None = None, tokenizer: str | None = None,
                  tokenizer_vocab_size: int = 8000, lowercase: bool | None = None, trust_remote_code: bool = False):
