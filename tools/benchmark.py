@@ -861,7 +861,8 @@ def prime(args, case: str, train_path: str, work_dir: Path) -> dict:
     if args.same_batches:
         # cs-lightning's own first epoch (length-grouped, shuffled), its one short batch moved to the end so that
         # the HF Trainer, which cuts a flat index order into batches, makes exactly the same batches
-        sampler = LengthGroupedBatchSampler(data.lengths, args.batch_size, shuffle=True, seed=dm.hparams.seed)
+        sampler = LengthGroupedBatchSampler(data.lengths, args.batch_size, shuffle=True, seed=dm.hparams.seed,
+                                            mega_batch=dm.hparams.get("mega_batch", 50))
         sampler.set_epoch(0)
         batches = list(sampler)
         full = [b for b in batches if len(b) == args.batch_size]
