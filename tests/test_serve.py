@@ -357,19 +357,25 @@ def test_api_key_and_sigterm_finish_the_request_in_flight(exports):
         srv.stop()
 
 
-def test_onnx_runtime_answers_like_pytorch(exports, tmp_path):
-    """--onnx serves the export's ONNX file (here written with torch.onnx.export) with the same answers."""
+def onnx_of(folder: Path, path: Path) -> None:
+    """The intent export in ``folder`` written to ``path`` as ONNX by torch.onnx.export (TorchScript), batch and
+    sequence dynamic."""
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    folder = tmp_path / "intent_onnx"
-    shutil.copytree(exports["intent"], folder)
     model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
     ids = torch.ones(2, 7, dtype=torch.long)
     names = ["input_ids", "attention_mask", "token_type_ids"]
-    torch.onnx.export(model, (ids, torch.ones_like(ids), torch.zeros_like(ids)), str(folder / "model.onnx"),
+    torch.onnx.export(model, (ids, torch.ones_like(ids), torch.zeros_like(ids)), str(path),
                       input_names=names, output_names=["logits"], dynamo=False,
                       dynamic_axes={n: {0: "batch", 1: "sequence"} for n in names})
+
+
+def test_onnx_runtime_answers_like_pytorch(exports, tmp_path):
+    """--onnx serves the export's ONNX file (here written with torch.onnx.export) with the same answers."""
+    folder = tmp_path / "intent_onnx"
+    shutil.copytree(exports["intent"], folder)
+    onnx_of(folder, folder / "model.onnx")
     meta = json.loads((folder / "cs_lightning.json").read_text())
     (folder / "cs_lightning.json").write_text(json.dumps({**meta, "onnx": {"file": "model.onnx", "quantize": None}}))
     srv = Server(tmp_path, "--intent", str(folder), "--onnx")
@@ -389,18 +395,10 @@ def test_onnx_runtime_answers_like_pytorch(exports, tmp_path):
 def test_int8_onnx_answers_do_not_depend_on_the_batch(exports, tmp_path):
     """An int8 export's activations are quantized with one scale per tensor, so cs-serve runs its texts one at a time:
     a text answered in a batch gets exactly its answer alone."""
-    import torch
-    from transformers import AutoModelForSequenceClassification
-
     quantization = pytest.importorskip("onnxruntime.quantization")
     folder = tmp_path / "intent_int8"
     shutil.copytree(exports["intent"], folder)
-    model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
-    ids = torch.ones(2, 7, dtype=torch.long)
-    names = ["input_ids", "attention_mask", "token_type_ids"]
-    torch.onnx.export(model, (ids, torch.ones_like(ids), torch.zeros_like(ids)), str(tmp_path / "fp32.onnx"),
-                      input_names=names, output_names=["logits"], dynamo=False,
-                      dynamic_axes={n: {0: "batch", 1: "sequence"} for n in names})
+    onnx_of(folder, tmp_path / "fp32.onnx")
     quantization.quantize_dynamic(str(tmp_path / "fp32.onnx"), str(folder / "model.int8.onnx"),
                                   weight_type=quantization.QuantType.QInt8, per_channel=True)
     meta = json.loads((folder / "cs_lightning.json").read_text())

@@ -38,7 +38,7 @@ def dialogue_texts() -> list[str]:
         for line in path.read_text(encoding="utf-8").splitlines():
             if line.strip():
                 record = json.loads(line)
-                texts += [t["text"] if isinstance(t, dict) else str(t) for t in record.get("turns", [])]
+                texts += [turn["text"] for turn in record["turns"]]
     return texts
 
 
